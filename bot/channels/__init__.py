@@ -1,0 +1,1 @@
+"""Channel adapters: one module per channel, each implementing ``bot.channels.base.Channel``."""

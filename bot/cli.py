@@ -1,0 +1,153 @@
+"""The ``loket`` command line. Feature commands live beside their features and are added here."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import sys
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from bot.config import ConfigError, Settings
+from storage.db import DatabaseUnavailable, check_database, make_engine
+
+app = typer.Typer(
+    help="Loket — chat-first, omnichannel service desk bot. Start with `loket run`.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+customers_app = typer.Typer(help="Customer records and their timelines.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(customers_app, name="customers")
+console = Console()
+
+# (module, attribute, command name) of feature command groups.
+FEATURE_CLIS: list[tuple[str, str, str]] = []
+
+
+def settings_or_exit() -> Settings:
+    try:
+        return Settings.from_env()
+    except ConfigError as exc:
+        console.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
+def run_async(coro: object) -> object:
+    try:
+        return asyncio.run(coro)  # type: ignore[arg-type]
+    except DatabaseUnavailable as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+
+
+@app.command()
+def run() -> None:
+    """Run everything in one process (web, webhooks, console, router, dispatcher, scheduler).
+
+    Embedded default: SQLite in ./loket.db, http://127.0.0.1:8080, demo flows and knowledge base loaded.
+    """
+    from bot.serve import run_process
+
+    run_process("all")
+
+
+@app.command()
+def web() -> None:
+    """Run the web process only (webhooks, web chat, console, API). Needs PostgreSQL + Redis to scale out."""
+    from bot.serve import run_process
+
+    run_process("web")
+
+
+@app.command()
+def worker() -> None:
+    """Run a worker (router, dispatcher, scheduler). Run as many as needed on PostgreSQL."""
+    from bot.serve import run_process
+
+    run_process("worker")
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create or migrate the database schema to the newest version (all features)."""
+    from storage.schema import upgrade
+
+    settings = settings_or_exit()
+
+    async def go() -> None:
+        engine = make_engine(settings.database_url)
+        try:
+            await check_database(engine)
+            await upgrade(engine)
+        finally:
+            await engine.dispose()
+
+    run_async(go())
+    console.print(f"[green]database is up to date[/green] ({make_engine(settings.database_url).url.render_as_string()})")
+
+
+@customers_app.command("show")
+def customers_show(customer_id: int = typer.Argument(..., help="Customer id (see the console or the API).")) -> None:
+    """Print a customer with identities and the whole timeline."""
+    from storage.repositories import customer_timeline, customer_with_identities
+
+    settings = settings_or_exit()
+
+    async def go() -> tuple[object, list[dict[str, object]]]:
+        engine = make_engine(settings.database_url)
+        try:
+            await check_database(engine)
+            async with engine.connect() as conn:
+                cust = await customer_with_identities(conn, customer_id)
+                timeline = await customer_timeline(conn, customer_id) if cust else []
+            return cust, timeline
+        finally:
+            await engine.dispose()
+
+    cust, timeline = run_async(go())  # type: ignore[misc]
+    if cust is None:
+        console.print(f"[red]no customer with id {customer_id}[/red]")
+        raise typer.Exit(1)
+    assert isinstance(cust, dict)
+    console.print(f"[bold]Customer {cust['id']}[/bold] {cust['display_name'] or ''}  "
+                  f"language={cust['language']} timezone={cust['timezone']} opted_out={cust['opted_out']}")
+    idt = Table(title="Identities")
+    for col in ("channel", "address", "verified", "unreachable"):
+        idt.add_column(col)
+    for i in cust["identities"]:
+        idt.add_row(i["channel"], i["address"], str(i["verified"]), str(i["unreachable"]))
+    console.print(idt)
+    tl = Table(title=f"Timeline ({len(timeline)} touchpoints)")
+    for col in ("time", "kind", "channel", "actor", "conversation", "details"):
+        tl.add_column(col, overflow="fold")
+    for tp in timeline:
+        payload = tp["payload"] or {}
+        detail = payload.get("text") or ", ".join(f"{k}={v}" for k, v in payload.items() if v not in (None, "", []))
+        tl.add_row(str(tp["created_at"])[:19], str(tp["kind"]), str(tp["channel"] or ""), str(tp["actor"]),
+                   str(tp["conversation_id"] or ""), str(detail)[:200])
+    console.print(tl)
+
+
+def _install_feature_clis() -> None:
+    for module, attr, name in FEATURE_CLIS:
+        sub = getattr(importlib.import_module(module), attr)
+        if isinstance(sub, typer.Typer):
+            app.add_typer(sub, name=name)
+        else:
+            app.command(name)(sub)
+
+
+_install_feature_clis()
+
+
+def main() -> None:
+    app(prog_name="loket")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,10 @@
+"""The features that make up a Loket process. Each module here exposes ``setup(runtime)``.
+
+A feature registers its routes, router steps, channels, effect appliers and background tasks in
+``setup``; nothing else in the core needs to change when a feature lands.
+"""
+
+COMPONENTS: list[str] = [
+    "bot.channels.webchat",
+    "bot.health",
+]

@@ -1,0 +1,146 @@
+"""Settings from the environment (and a ``.env`` file in the working directory). DESIGN §13."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dotenv import load_dotenv
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message says which and how to fix it."""
+
+
+def _bool(value: str | None, default: bool = False) -> bool:
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _int(env: dict[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "")
+    if raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}={raw!r} is not a whole number; set it to e.g. {default}") from exc
+
+
+def normalize_database_url(url: str) -> str:
+    """Accept the URLs people paste (postgres://, postgresql://, sqlite:///) and pick the async drivers."""
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://") :]
+    if url.startswith("postgresql://"):
+        url = "postgresql+asyncpg://" + url[len("postgresql://") :]
+    if url.startswith("sqlite:///"):
+        url = "sqlite+aiosqlite:///" + url[len("sqlite:///") :]
+    if not (url.startswith("postgresql+asyncpg://") or url.startswith("sqlite+aiosqlite://")):
+        raise ConfigError(
+            f"DATABASE_URL={url!r} is not supported: use sqlite:///path/to/loket.db "
+            "or postgresql://user@host:5432/dbname"
+        )
+    return url
+
+
+@dataclass
+class Settings:
+    database_url: str = "sqlite+aiosqlite:///loket.db"
+    redis_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8080
+    public_url: str = "http://127.0.0.1:8080"
+    secret_key: str = ""
+    data_dir: Path = Path("loket-data")
+    demo: bool = True
+    verify_signatures: bool = True
+    max_message_chars: int = 4096
+    reopen_window_hours: int = 24
+    dispatch_max_attempts: int = 8
+    dispatch_max_age_seconds: int = 3600
+    dispatch_backoff_base: float = 0.5
+    dispatch_backoff_cap: float = 300.0
+    telegram_bot_token: str | None = None
+    telegram_webhook_secret: str | None = None
+    telegram_api_base: str | None = None
+    twilio_account_sid: str | None = None
+    twilio_auth_token: str | None = None
+    twilio_whatsapp_from: str | None = None
+    twilio_api_base: str | None = None
+    twilio_templates: dict[str, str] = field(default_factory=dict)
+    imap: dict[str, str] = field(default_factory=dict)
+    smtp: dict[str, str] = field(default_factory=dict)
+    flows_path: Path | None = None
+    kb_path: Path | None = None
+    fault_point: str | None = None
+    log_level: str = "INFO"
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, dotenv: bool = True) -> Settings:
+        if environ is None:
+            if dotenv:
+                load_dotenv(Path.cwd() / ".env", override=False)
+            environ = dict(os.environ)
+        env = environ
+        host = env.get("LOKET_HOST", "127.0.0.1")
+        port = _int(env, "LOKET_PORT", 8080)
+        templates_raw = env.get("TWILIO_TEMPLATES", "")
+        try:
+            templates = json.loads(templates_raw) if templates_raw else {}
+        except json.JSONDecodeError as exc:
+            raise ConfigError(
+                'TWILIO_TEMPLATES must be a JSON object such as {"appointment_reminder": "HX..."}: ' + str(exc)
+            ) from exc
+        secret = env.get("LOKET_SECRET_KEY") or ""
+        data_dir = Path(env.get("LOKET_DATA_DIR", "loket-data"))
+        if not secret:
+            # Embedded default: keep a generated key beside the data so sessions survive restarts.
+            key_file = data_dir / "secret.key"
+            if key_file.exists():
+                secret = key_file.read_text().strip()
+            else:
+                data_dir.mkdir(parents=True, exist_ok=True)
+                secret = secrets.token_urlsafe(48)
+                key_file.write_text(secret)
+                key_file.chmod(0o600)
+        return cls(
+            database_url=normalize_database_url(env.get("DATABASE_URL") or "sqlite:///loket.db"),
+            redis_url=env.get("REDIS_URL") or None,
+            host=host,
+            port=port,
+            public_url=(env.get("LOKET_PUBLIC_URL") or f"http://{host}:{port}").rstrip("/"),
+            secret_key=secret,
+            data_dir=data_dir,
+            demo=_bool(env.get("LOKET_DEMO"), True),
+            verify_signatures=not _bool(env.get("LOKET_INSECURE_SKIP_SIGNATURES"), False),
+            max_message_chars=_int(env, "LOKET_MAX_MESSAGE_CHARS", 4096),
+            reopen_window_hours=_int(env, "LOKET_REOPEN_WINDOW_HOURS", 24),
+            dispatch_max_attempts=_int(env, "LOKET_DISPATCH_MAX_ATTEMPTS", 8),
+            dispatch_max_age_seconds=_int(env, "LOKET_DISPATCH_MAX_AGE_SECONDS", 3600),
+            dispatch_backoff_base=float(env.get("LOKET_DISPATCH_BACKOFF_BASE", "0.5")),
+            dispatch_backoff_cap=float(env.get("LOKET_DISPATCH_BACKOFF_CAP", "300")),
+            telegram_bot_token=env.get("TELEGRAM_BOT_TOKEN") or None,
+            telegram_webhook_secret=env.get("TELEGRAM_WEBHOOK_SECRET") or None,
+            telegram_api_base=env.get("TELEGRAM_API_BASE") or None,
+            twilio_account_sid=env.get("TWILIO_ACCOUNT_SID") or None,
+            twilio_auth_token=env.get("TWILIO_AUTH_TOKEN") or None,
+            twilio_whatsapp_from=env.get("TWILIO_WHATSAPP_FROM") or None,
+            twilio_api_base=env.get("TWILIO_API_BASE") or None,
+            twilio_templates=templates,
+            imap={k[5:].lower(): v for k, v in env.items() if k.startswith("IMAP_")},
+            smtp={k[5:].lower(): v for k, v in env.items() if k.startswith("SMTP_")},
+            flows_path=Path(env["LOKET_FLOWS"]) if env.get("LOKET_FLOWS") else None,
+            kb_path=Path(env["LOKET_KB"]) if env.get("LOKET_KB") else None,
+            fault_point=env.get("LOKET_FAULT_POINT") or None,
+            log_level=env.get("LOKET_LOG_LEVEL", "INFO"),
+            env=dict(env),
+        )

@@ -1,0 +1,311 @@
+"""Outbox dispatcher: sends queued messages through their channel, with retries and a visible give-up.
+
+Claims rows in one statement that records who holds them and until when (SKIP LOCKED on PostgreSQL);
+only the oldest unsent row of each conversation key is claimable, so a conversation's messages go out in
+order and a slow or failing conversation does not hold up the others. Backoff is capped exponential with
+full jitter; a row that keeps failing past ``max_attempts`` or ``max_age`` ends ``failed`` on the message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import and_, exists, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bot.channels.base import ChannelRegistry, PermanentSendError, SendError, TransientSendError
+from bot.clock import Clock, aware
+from bot.faults import fault
+from bot.messages import OutboundMessage, ProviderReceipt, Reply
+from storage.db import is_sqlite
+from storage.models import conversations, identities, messages, outbox_items
+from storage.repositories import add_touchpoint
+
+log = logging.getLogger("loket.dispatcher")
+
+
+def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:
+    """Full-jitter exponential backoff: uniform(0, min(cap, base * 2**attempt)), at least base/2."""
+    r = rng or random
+    ceiling = min(cap, base * (2 ** max(0, attempt - 1)))
+    return max(base / 2, r.uniform(0, ceiling))
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        clock: Clock,
+        channels: ChannelRegistry,
+        publish: Callable[[list[tuple[str, dict[str, Any]]]], Awaitable[None]],
+        *,
+        max_attempts: int = 8,
+        max_age: timedelta = timedelta(hours=1),
+        backoff_base: float = 0.5,
+        backoff_cap: float = 300.0,
+        lease: timedelta = timedelta(seconds=60),
+        max_in_flight: int = 256,
+        poll_interval: float = 0.5,
+        send_timeout: float = 30.0,
+    ) -> None:
+        self.engine = engine
+        self.clock = clock
+        self.channels = channels
+        self.publish = publish
+        self.max_attempts = max_attempts
+        self.max_age = max_age
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self.lease = lease
+        self.max_in_flight = max_in_flight
+        self.poll_interval = poll_interval
+        self.send_timeout = send_timeout
+        self.worker_id = f"{os.uname().nodename}:{os.getpid()}:{id(self):x}"
+        self.wakeup = asyncio.Event()
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._results: asyncio.Queue[tuple[dict[str, Any], Any]] = asyncio.Queue()
+        self._stopping = False
+        self.sent = 0
+
+    def nudge(self) -> None:
+        self.wakeup.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self.wakeup.set()
+
+    async def run(self) -> None:
+        recorder = asyncio.create_task(self._record_loop(), name="dispatch-recorder")
+        try:
+            while not self._stopping:
+                free = self.max_in_flight - len(self._in_flight)
+                claimed: list[dict[str, Any]] = []
+                if free > 0:
+                    try:
+                        claimed = await self.claim(min(free, 128))
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception:  # noqa: BLE001
+                        log.exception("outbox claim failed; retrying")
+                        await asyncio.sleep(0.5)
+                        continue
+                for row in claimed:
+                    task = asyncio.create_task(self._send_one(row))
+                    self._in_flight.add(task)
+                    task.add_done_callback(self._in_flight.discard)
+                if not claimed:
+                    self.wakeup.clear()
+                    try:
+                        await asyncio.wait_for(self.wakeup.wait(), timeout=self.poll_interval)
+                    except TimeoutError:
+                        pass
+            if self._in_flight:
+                await asyncio.wait(self._in_flight, timeout=self.send_timeout)
+            await self._drain_results()
+        finally:
+            recorder.cancel()
+            try:
+                await recorder
+            except asyncio.CancelledError:
+                pass
+
+    async def claim(self, limit: int) -> list[dict[str, Any]]:
+        now = self.clock.now()
+        o2 = outbox_items.alias("earlier")
+        due = or_(
+            and_(outbox_items.c.status == "pending", outbox_items.c.next_attempt_at <= now),
+            and_(outbox_items.c.status == "sending", outbox_items.c.locked_until < now),
+        )
+        head_of_key = ~exists().where(
+            o2.c.key == outbox_items.c.key,
+            o2.c.id < outbox_items.c.id,
+            o2.c.status.in_(("pending", "sending")),
+        )
+        async with self.engine.begin() as conn:
+            q = select(outbox_items.c.id).where(due, head_of_key).order_by(outbox_items.c.id).limit(limit)
+            if not is_sqlite(conn):
+                q = q.with_for_update(skip_locked=True, of=outbox_items)
+            ids = [r[0] for r in (await conn.execute(q)).all()]
+            if not ids:
+                return []
+            await conn.execute(
+                update(outbox_items)
+                .where(outbox_items.c.id.in_(ids))
+                .values(
+                    status="sending",
+                    locked_by=self.worker_id,
+                    locked_until=now + self.lease,
+                    attempts=outbox_items.c.attempts + 1,
+                )
+            )
+            rows = (
+                await conn.execute(
+                    select(
+                        outbox_items.c.id.label("outbox_id"),
+                        outbox_items.c.attempts,
+                        outbox_items.c.created_at.label("queued_at"),
+                        messages.c.id.label("message_id"),
+                        messages.c.conversation_id,
+                        messages.c.customer_id,
+                        messages.c.channel,
+                        messages.c.meta,
+                        messages.c.body,
+                        identities.c.address,
+                        identities.c.meta.label("identity_meta"),
+                        identities.c.last_inbound_at,
+                        identities.c.unreachable,
+                        identities.c.id.label("identity_id"),
+                        conversations.c.meta.label("conversation_meta"),
+                    )
+                    .select_from(
+                        outbox_items.join(messages, messages.c.id == outbox_items.c.message_id)
+                        .join(conversations, conversations.c.id == messages.c.conversation_id)
+                        .join(identities, identities.c.id == conversations.c.identity_id)
+                    )
+                    .where(outbox_items.c.id.in_(ids))
+                    .order_by(outbox_items.c.id)
+                )
+            ).mappings().all()
+        return [dict(r) for r in rows]
+
+    def _outbound(self, row: dict[str, Any]) -> OutboundMessage:
+        meta = row["meta"] or {}
+        reply = Reply.from_payload(meta.get("reply") or {"text": row["body"]})
+        return OutboundMessage(
+            message_id=row["message_id"],
+            conversation_id=row["conversation_id"],
+            customer_id=row["customer_id"],
+            channel=row["channel"],
+            address=row["address"],
+            reply=reply,
+            identity_meta=dict(row["identity_meta"] or {}),
+            last_inbound_at=aware(row["last_inbound_at"]),
+            thread=dict((row["conversation_meta"] or {}).get("thread") or {}),
+        )
+
+    async def _send_one(self, row: dict[str, Any]) -> None:
+        channel = self.channels.get(row["channel"])
+        result: Any
+        if channel is None:
+            result = PermanentSendError(
+                f"the {row['channel']} channel is not configured on this server; set its settings (see README)"
+            )
+        elif row["unreachable"]:
+            result = PermanentSendError("the customer cannot be reached on this channel (marked unreachable)")
+        else:
+            try:
+                fault("before_send")
+                result = await asyncio.wait_for(channel.send(self._outbound(row)), timeout=self.send_timeout)
+                fault("after_send")
+            except SendError as exc:
+                result = exc
+            except TimeoutError:
+                result = TransientSendError("the channel did not answer in time", ambiguous=True)
+            except Exception as exc:  # noqa: BLE001 - a channel bug must not kill the dispatcher
+                log.exception("channel %s raised while sending message %s", row["channel"], row["message_id"])
+                result = TransientSendError(f"{type(exc).__name__}: {exc}")
+        await self._results.put((row, result))
+
+    async def _record_loop(self) -> None:
+        while True:
+            first = await self._results.get()
+            batch = [first]
+            while not self._results.empty() and len(batch) < 256:
+                batch.append(self._results.get_nowait())
+            try:
+                await self._record(batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the lease expires and the rows are retried
+                log.exception("recording %s send results failed", len(batch))
+                await asyncio.sleep(0.2)
+
+    async def _drain_results(self) -> None:
+        batch = []
+        while not self._results.empty():
+            batch.append(self._results.get_nowait())
+        if batch:
+            await self._record(batch)
+
+    async def _record(self, batch: list[tuple[dict[str, Any], Any]]) -> None:
+        now = self.clock.now()
+        events: list[tuple[str, dict[str, Any]]] = []
+        async with self.engine.begin() as conn:
+            for row, result in batch:
+                base = {"conversation_id": row["conversation_id"], "customer_id": row["customer_id"],
+                        "message_id": row["message_id"], "channel": row["channel"]}
+                if isinstance(result, ProviderReceipt):
+                    await conn.execute(
+                        update(outbox_items)
+                        .where(outbox_items.c.id == row["outbox_id"])
+                        .values(status="sent", sent_at=now, locked_until=None,
+                                provider_message_id=result.provider_message_id, last_error=None)
+                    )
+                    await conn.execute(
+                        update(messages)
+                        .where(messages.c.id == row["message_id"])
+                        .values(status=result.status, channel_message_id=result.provider_message_id, sent_at=now,
+                                delivered_at=now if result.status == "delivered" else None, error=None)
+                    )
+                    await add_touchpoint(
+                        conn, customer_id=row["customer_id"], conversation_id=row["conversation_id"],
+                        message_id=row["message_id"], kind="delivery", now=now, channel=row["channel"],
+                        payload={"status": result.status, "provider_message_id": result.provider_message_id,
+                                 **result.detail},
+                    )
+                    events.append(("message.status", {**base, "status": result.status}))
+                    self.sent += 1
+                    continue
+                assert isinstance(result, SendError)
+                age = now - aware(row["queued_at"])
+                give_up = isinstance(result, PermanentSendError) or (
+                    row["attempts"] >= self.max_attempts or age >= self.max_age
+                )
+                if give_up:
+                    reason = result.reason
+                    if isinstance(result, TransientSendError):
+                        reason = f"gave up after {row['attempts']} attempts: {result.reason}"
+                    await conn.execute(
+                        update(outbox_items)
+                        .where(outbox_items.c.id == row["outbox_id"])
+                        .values(status="failed", locked_until=None, last_error=reason)
+                    )
+                    await conn.execute(
+                        update(messages).where(messages.c.id == row["message_id"]).values(status="failed", error=reason)
+                    )
+                    if isinstance(result, PermanentSendError) and result.unreachable:
+                        await conn.execute(
+                            update(identities)
+                            .where(identities.c.id == row["identity_id"])
+                            .values(unreachable=True, unreachable_reason=reason)
+                        )
+                    await add_touchpoint(
+                        conn, customer_id=row["customer_id"], conversation_id=row["conversation_id"],
+                        message_id=row["message_id"], kind="delivery", now=now, channel=row["channel"],
+                        payload={"status": "failed", "error": reason, "code": result.code},
+                    )
+                    events.append(("message.status", {**base, "status": "failed", "error": reason}))
+                    log.warning("message %s failed on %s: %s", row["message_id"], row["channel"], reason)
+                else:
+                    delay = backoff_delay(row["attempts"], self.backoff_base, self.backoff_cap)
+                    if isinstance(result, TransientSendError) and result.retry_after is not None:
+                        delay = max(delay, result.retry_after)
+                    await conn.execute(
+                        update(outbox_items)
+                        .where(outbox_items.c.id == row["outbox_id"])
+                        .values(status="pending", locked_until=None, last_error=result.reason,
+                                next_attempt_at=now + timedelta(seconds=delay))
+                    )
+                    await conn.execute(
+                        update(messages).where(messages.c.id == row["message_id"]).values(error=result.reason)
+                    )
+                    asyncio.get_running_loop().call_later(delay, self.nudge)
+        if events:
+            await self.publish(events)
+        self.nudge()

@@ -1,0 +1,80 @@
+"""Run a Runtime as a server process until SIGINT/SIGTERM (graceful: stop taking work, finish, exit)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+from aiohttp import web
+
+from bot.config import ConfigError, Settings
+from bot.runtime import Runtime
+from storage.db import DatabaseUnavailable
+
+log = logging.getLogger("loket")
+
+
+def configure_logging(level: str) -> None:
+    from bot.logs import configure
+
+    configure(level)
+
+
+async def serve(settings: Settings, role: str, ready: asyncio.Event | None = None) -> None:
+    rt = Runtime(settings, role=role)
+    await rt.prepare(migrate=True)
+    await rt.start()
+    runner: web.AppRunner | None = None
+    if role in {"all", "web"}:
+        runner = web.AppRunner(rt.app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
+        await site.start()
+        log.info("Loket %s listening on http://%s:%s (public URL %s)", role, settings.host, settings.port,
+                 settings.public_url)
+    else:
+        log.info("Loket worker started (router, dispatcher, scheduler)")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        ready.set()
+    await stop.wait()
+    log.info("shutting down: finishing work in hand")
+    if runner is not None:
+        await runner.shutdown()
+    await rt.stop()
+    if runner is not None:
+        await runner.cleanup()
+
+
+def run_process(role: str) -> None:
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"loket: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+    configure_logging(settings.log_level)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        asyncio.run(serve(settings, role))
+    except DatabaseUnavailable as exc:
+        print(f"loket: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+    except OSError as exc:
+        if exc.errno == 98:
+            print(
+                f"loket: port {settings.port} on {settings.host} is already in use; "
+                "stop the other process or set LOKET_PORT to a free port",
+                file=sys.stderr,
+            )
+            raise SystemExit(2) from exc
+        raise

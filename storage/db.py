@@ -1,0 +1,83 @@
+"""The async engine: SQLite (WAL, one writer connection) by default, PostgreSQL via asyncpg."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+
+class DatabaseUnavailable(Exception):
+    """The database cannot be reached or opened; the message says what to fix."""
+
+
+def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
+    if url.startswith("sqlite"):
+        engine = create_async_engine(
+            url,
+            pool_size=1,
+            max_overflow=0,
+            pool_timeout=60,
+            connect_args={"timeout": 30, "check_same_thread": False},
+            **kwargs,
+        )
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            # Manage transactions ourselves so every write transaction starts IMMEDIATE (no lock upgrades).
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _sqlite_begin(conn: Any) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True, **kwargs)
+
+
+def is_sqlite(engine: AsyncEngine | AsyncConnection) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+def insert_ignore(conn: AsyncConnection, table: Any) -> Any:
+    """``INSERT … ON CONFLICT DO NOTHING`` for either dialect."""
+    ins = sqlite_insert(table) if is_sqlite(conn) else pg_insert(table)
+    return ins.on_conflict_do_nothing()
+
+
+def dialect_insert(conn: AsyncConnection, table: Any) -> Any:
+    return sqlite_insert(table) if is_sqlite(conn) else pg_insert(table)
+
+
+@asynccontextmanager
+async def transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    async with engine.begin() as conn:
+        yield conn
+
+
+async def check_database(engine: AsyncEngine) -> None:
+    """Connect once, turning driver errors into one readable line."""
+    from sqlalchemy import text
+
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+    except Exception as exc:  # noqa: BLE001 - any driver error means "cannot use this database"
+        url = engine.url.render_as_string(hide_password=True)
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DatabaseUnavailable(
+            f"cannot open the database at {url}: {reason}. "
+            "Check DATABASE_URL (e.g. postgresql://postgres@127.0.0.1:5432/loket or sqlite:///loket.db) "
+            "and that the server is running."
+        ) from exc

@@ -1,0 +1,186 @@
+"""Test fixtures. The backend comes from the environment:
+
+* ``DATABASE_URL`` set to PostgreSQL → each test gets a fresh database cloned from a migrated template.
+* otherwise → each test gets a fresh SQLite file copied from a migrated template.
+* ``REDIS_URL`` → tests that need Redis use it (with a key prefix of their own).
+
+Under ``CI=true`` a configured service that does not answer is a failure, never a skip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from bot.config import Settings, normalize_database_url
+from storage.db import make_engine
+from storage.schema import upgrade
+from tests.support import LoketServer
+
+CI = os.environ.get("CI", "").lower() == "true"
+PG_URL = os.environ.get("DATABASE_URL", "")
+BACKEND = "postgresql" if PG_URL.startswith(("postgres", "postgresql")) else "sqlite"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"loket backend: {BACKEND}; redis: {os.environ.get('REDIS_URL') or 'not set'}; CI={CI}"
+
+
+class DatabaseFactory:
+    """Hands out fresh, migrated databases quickly (template clone / file copy)."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.template: str | None = None
+        self.created: list[str] = []
+        self.admin_url = ""
+        if BACKEND == "postgresql":
+            base = normalize_database_url(PG_URL)
+            self.admin_url = base
+            self.prefix = f"loket_t{os.getpid()}_{uuid.uuid4().hex[:6]}"
+
+    def _pg_url(self, dbname: str) -> str:
+        base, _, _ = self.admin_url.rpartition("/")
+        return f"{base}/{dbname}"
+
+    async def _admin(self, sql: str) -> None:
+        engine = create_async_engine(self.admin_url, isolation_level="AUTOCOMMIT")
+        try:
+            async with engine.connect() as conn:
+                await conn.execute(text(sql))
+        finally:
+            await engine.dispose()
+
+    async def prepare(self) -> None:
+        if BACKEND == "postgresql":
+            try:
+                await self._admin("SELECT 1")
+            except Exception as exc:  # noqa: BLE001
+                raise RuntimeError(
+                    f"PostgreSQL at DATABASE_URL={PG_URL} does not answer ({exc}); start it or unset DATABASE_URL"
+                ) from exc
+            name = self.prefix + "_tmpl"
+            await self._admin(f'CREATE DATABASE "{name}"')
+            self.created.append(name)
+            engine = make_engine(self._pg_url(name))
+            await upgrade(engine)
+            await engine.dispose()
+            self.template = name
+        else:
+            path = self.tmp / "template.db"
+            engine = make_engine(f"sqlite+aiosqlite:///{path}")
+            await upgrade(engine)
+            await engine.dispose()
+            self.template = str(path)
+
+    async def new(self) -> str:
+        assert self.template
+        if BACKEND == "postgresql":
+            name = f"{self.prefix}_{uuid.uuid4().hex[:8]}"
+            for attempt in range(20):
+                try:
+                    await self._admin(f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"')
+                    break
+                except Exception:  # noqa: BLE001 - "source database is being accessed by other users"
+                    if attempt == 19:
+                        raise
+                    await asyncio.sleep(0.1)
+            self.created.append(name)
+            return self._pg_url(name)
+        path = self.tmp / f"{uuid.uuid4().hex[:10]}.db"
+        shutil.copyfile(self.template, path)
+        return f"sqlite+aiosqlite:///{path}"
+
+    async def drop_all(self) -> None:
+        if BACKEND != "postgresql":
+            return
+        for name in reversed(self.created):
+            try:
+                await self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            except Exception:  # noqa: BLE001
+                pass
+
+
+_factory: DatabaseFactory | None = None
+
+
+@pytest.fixture(scope="session")
+def db_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DatabaseFactory]:
+    global _factory
+    factory = DatabaseFactory(tmp_path_factory.mktemp("db"))
+    asyncio.run(factory.prepare())
+    _factory = factory
+    yield factory
+    asyncio.run(factory.drop_all())
+
+
+@pytest.fixture
+async def db_url(db_factory: DatabaseFactory) -> str:
+    return await db_factory.new()
+
+
+@pytest.fixture
+def redis_url() -> str:
+    url = os.environ.get("REDIS_URL", "")
+    if not url:
+        if CI:
+            pytest.fail("REDIS_URL is not set under CI=true: Redis tests must run, not skip")
+        url = "redis://127.0.0.1:6379/0"
+    import redis
+
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=2).ping()
+    except Exception as exc:  # noqa: BLE001
+        pytest.fail(f"Redis at {url} does not answer ({exc}); start it (see README → Development)")
+    return url
+
+
+def make_settings(db_url: str, tmp_path: Path, **env: str) -> Settings:
+    base = {
+        "DATABASE_URL": db_url,
+        "LOKET_SECRET_KEY": "test-secret-key-for-loket-tests-0123456789",
+        "LOKET_DATA_DIR": str(tmp_path / "data"),
+        "LOKET_HOST": "127.0.0.1",
+        "LOKET_PORT": "0",
+        "LOKET_DEMO": "false",
+        "LOKET_REDIS_PREFIX": f"t{uuid.uuid4().hex[:8]}:",
+        "LOKET_DISPATCH_BACKOFF_BASE": "0.05",
+        "LOKET_DISPATCH_BACKOFF_CAP": "1",
+    }
+    base.update(env)
+    return Settings.from_env(base)
+
+
+@pytest.fixture
+def settings_factory(db_url: str, tmp_path: Path) -> Any:
+    def make(**env: str) -> Settings:
+        return make_settings(db_url, tmp_path, **env)
+
+    return make
+
+
+@pytest.fixture
+async def loket(settings_factory: Any) -> AsyncIterator[LoketServer]:
+    """A started Loket (role ``all``) serving on a free loopback port, no demo content."""
+    server = LoketServer(settings_factory())
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
