@@ -148,6 +148,7 @@ class ApplyContext:
     message_id: int | None
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     route: RouteContext | None = None
+    created: list[int] = field(default_factory=list)  # outbound message ids written in this transaction
 
 
 class Pipeline:
@@ -314,6 +315,7 @@ class Pipeline:
         actx = ApplyContext(conn=conn, now=now, customer_id=customer["id"], conversation_id=conv["id"],
                             identity=identity, channel=msg.channel, message_id=in_id, events=events, route=ctx)
         await self.apply(actx, decision.effects, state_before=conv["state"])
+        await self.run_sinks(conn, events, now)
         return decision
 
     # ---------------------------------------------------------------- effects
@@ -376,7 +378,10 @@ class Pipeline:
                 await applier(actx, eff)
             else:  # pragma: no cover - the Effect union is closed
                 raise TypeError(f"unknown effect {eff!r}")
-        for name, payload in actx.events:
+
+    async def run_sinks(self, conn: AsyncConnection, events: list[tuple[str, dict[str, Any]]], now: Any) -> None:
+        """Durable event consumers (outgoing webhooks …) write in the same transaction as the effects."""
+        for name, payload in events:
             for sink in self.event_sinks:
                 await sink(conn, name, payload, now)
 
@@ -467,6 +472,7 @@ class Pipeline:
             {"message_id": msg_id, "conversation_id": actx.conversation_id, "customer_id": actx.customer_id,
              "direction": "out", "author": reply.author, "channel": actx.channel, "text": reply.text[:2000]},
         ))
+        actx.created.append(msg_id)
         return msg_id
 
 

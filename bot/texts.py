@@ -68,7 +68,7 @@ def t(key: str, lang: str | None = None, **values: Any) -> str:
 
 _EN_MARKERS = {
     "hello", "hi", "hey", "please", "thanks", "thank", "you", "the", "what", "how", "where", "when", "my",
-    "is", "are", "can", "want", "need", "order", "help", "appointment", "good", "morning", "i", "want",
+    "is", "are", "can", "want", "need", "order", "help", "appointment", "good", "morning", "i",
 }
 _ID_MARKERS = {
     "halo", "selamat", "tolong", "terima", "kasih", "apa", "bagaimana", "gimana", "gmn", "dimana", "kapan",

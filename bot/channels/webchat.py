@@ -20,7 +20,7 @@ from aiohttp import WSMsgType, web
 from sqlalchemy import select
 
 from bot.messages import InboundMessage, OutboundMessage, ProviderReceipt
-from bot.runtime import Runtime, get_runtime
+from bot.runtime import Runtime
 from storage.models import identities, messages
 
 log = logging.getLogger("loket.webchat")
