@@ -35,6 +35,10 @@ class PermanentSendError(SendError):
 
 
 class Channel(Protocol):
+    """What every channel adapter implements. Optional: ``precheck(reply, identity_row, now) -> str | None``
+    returns a readable reason when a reply cannot go out now (WhatsApp's closed 24-hour window with no
+    template for the reply's purpose); ``bot.outbound.act_on_conversation`` calls it before queueing."""
+
     name: str
 
     async def send(self, out: OutboundMessage) -> ProviderReceipt: ...
