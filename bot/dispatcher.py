@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, or_, select, update
+from sqlalchemy import and_, bindparam, exists, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.channels.base import ChannelRegistry, PermanentSendError, SendError, TransientSendError
@@ -25,9 +25,22 @@ from bot.faults import fault
 from bot.messages import OutboundMessage, ProviderReceipt, Reply
 from storage.db import is_sqlite
 from storage.models import conversations, identities, messages, outbox_items
-from storage.repositories import add_touchpoint
+from storage.repositories import add_touchpoint, buffered_touchpoints
 
 log = logging.getLogger("loket.dispatcher")
+
+_MARK_SENT = (
+    update(outbox_items)
+    .where(outbox_items.c.id == bindparam("pk"))
+    .values(status="sent", sent_at=bindparam("now"), locked_until=None,
+            provider_message_id=bindparam("pid"), last_error=None)
+)
+_MESSAGE_SENT = (
+    update(messages)
+    .where(messages.c.id == bindparam("pk"))
+    .values(status=bindparam("st"), channel_message_id=bindparam("pid"), sent_at=bindparam("now"),
+            delivered_at=bindparam("dlv"), error=None)
+)
 
 
 def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:
@@ -236,23 +249,20 @@ class Dispatcher:
     async def _record(self, batch: list[tuple[dict[str, Any], Any]]) -> None:
         now = self.clock.now()
         events: list[tuple[str, dict[str, Any]]] = []
-        async with self.engine.begin() as conn:
+        async with self.engine.begin() as conn, buffered_touchpoints(conn):
+            sent = [(row, r) for row, r in batch if isinstance(r, ProviderReceipt)]
+            if sent:
+                await conn.execute(_MARK_SENT, [
+                    {"pk": row["outbox_id"], "now": now, "pid": r.provider_message_id} for row, r in sent
+                ])
+                await conn.execute(_MESSAGE_SENT, [
+                    {"pk": row["message_id"], "st": r.status, "pid": r.provider_message_id, "now": now,
+                     "dlv": now if r.status == "delivered" else None} for row, r in sent
+                ])
             for row, result in batch:
                 base = {"conversation_id": row["conversation_id"], "customer_id": row["customer_id"],
                         "message_id": row["message_id"], "channel": row["channel"]}
                 if isinstance(result, ProviderReceipt):
-                    await conn.execute(
-                        update(outbox_items)
-                        .where(outbox_items.c.id == row["outbox_id"])
-                        .values(status="sent", sent_at=now, locked_until=None,
-                                provider_message_id=result.provider_message_id, last_error=None)
-                    )
-                    await conn.execute(
-                        update(messages)
-                        .where(messages.c.id == row["message_id"])
-                        .values(status=result.status, channel_message_id=result.provider_message_id, sent_at=now,
-                                delivered_at=now if result.status == "delivered" else None, error=None)
-                    )
                     await add_touchpoint(
                         conn, customer_id=row["customer_id"], conversation_id=row["conversation_id"],
                         message_id=row["message_id"], kind="delivery", now=now, channel=row["channel"],

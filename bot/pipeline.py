@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import bindparam, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bot.clock import Clock, aware
@@ -40,11 +40,33 @@ from bot.router import ConversationView, CustomerView, RouteContext, Router
 from bot.texts import detect_language
 from storage.db import insert_ignore, is_sqlite
 from storage.models import conversations, customers, identities, inbox_items, messages, outbox_items, teams
-from storage.repositories import add_touchpoint, find_or_create_customer
+from storage.repositories import add_touchpoint, buffered_touchpoints, find_or_create_customer
 
 log = logging.getLogger("loket.pipeline")
 
 MAX_ITEM_ATTEMPTS = 5
+
+# Hot-path statements, built once (constructing SQLAlchemy statements per message costs more than running them).
+_INSERT_MESSAGE = messages.insert().returning(messages.c.id)
+_INSERT_OUTBOX = outbox_items.insert()
+_INSERT_CONVERSATION = conversations.insert().returning(conversations.c.id)
+_UPDATE_IDENTITY = update(identities).where(identities.c.id == bindparam("pk"))
+_UPDATE_CUSTOMER = update(customers).where(customers.c.id == bindparam("pk"))
+_UPDATE_CONVERSATION = update(conversations).where(conversations.c.id == bindparam("pk"))
+_LAST_CHOICES = (
+    select(messages.c.choices)
+    .where(messages.c.conversation_id == conversations.c.id, messages.c.direction == "out")
+    .order_by(messages.c.id.desc())
+    .limit(1)
+    .scalar_subquery()
+    .label("last_choices")
+)
+_OPEN_CONVERSATION = (
+    select(conversations, _LAST_CHOICES)
+    .where(conversations.c.identity_id == bindparam("identity_id"))
+    .order_by(conversations.c.id.desc())
+    .limit(1)
+)
 
 
 @dataclass
@@ -62,6 +84,7 @@ class InboxWriter:
         self.on_commit = on_commit
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        self._insert: Any = None
 
     def start(self) -> None:
         if self._task is None:
@@ -112,18 +135,13 @@ class InboxWriter:
                     results.append(False)
                     continue
                 seen.add(ident)
+                if self._insert is None:
+                    self._insert = insert_ignore(conn, inbox_items).returning(inbox_items.c.id)
                 row = await conn.execute(
-                    insert_ignore(conn, inbox_items)
-                    .values(
-                        channel=msg.channel,
-                        provider_message_id=msg.provider_message_id,
-                        key=msg.key,
-                        payload=msg.to_payload(),
-                        status="pending",
-                        attempts=0,
-                        received_at=now,
-                    )
-                    .returning(inbox_items.c.id)
+                    self._insert,
+                    {"channel": msg.channel, "provider_message_id": msg.provider_message_id, "key": msg.key,
+                     "payload": msg.to_payload(), "status": "pending", "attempts": 0, "last_error": None,
+                     "received_at": now, "processed_at": None},
                 )
                 results.append(row.first() is not None)
         fault("after_inbox_commit")
@@ -133,7 +151,9 @@ class InboxWriter:
 
 
 EffectApplier = Callable[["ApplyContext", Custom], Awaitable[None]]
-PreRouteHook = Callable[[AsyncConnection, InboundMessage, dict[str, Any], dict[str, Any], Any], Awaitable[None]]
+# A hook returns True when it changed the identity or its customer (e.g. merged two customers).
+PreRouteHook = Callable[[AsyncConnection, InboundMessage, dict[str, Any], dict[str, Any], Any], Awaitable[bool | None]]
+REFRESH = timedelta(seconds=60)  # last_seen / last_inbound_at are kept to this precision
 SendHook = Callable[[AsyncConnection, "ApplyContext", Reply, int], Awaitable[None]]
 
 
@@ -169,14 +189,7 @@ class Pipeline:
         self, conn: AsyncConnection, identity: dict[str, Any], customer: dict[str, Any], now: Any
     ) -> tuple[dict[str, Any], bool, bool]:
         """The identity's open conversation, a reopened one, or a new one: (row, is_new, reopened)."""
-        row = (
-            await conn.execute(
-                select(conversations)
-                .where(conversations.c.identity_id == identity["id"])
-                .order_by(conversations.c.id.desc())
-                .limit(1)
-            )
-        ).mappings().first()
+        row = (await conn.execute(_OPEN_CONVERSATION, {"identity_id": identity["id"]})).mappings().first()
         if row is not None and row["state"] != "resolved":
             return dict(row), False, False
         if row is not None and row["resolved_at"] is not None and now - aware(row["resolved_at"]) <= self.reopen_window:
@@ -190,31 +203,26 @@ class Pipeline:
                 channel=identity["channel"], payload={"from": "resolved", "to": "bot", "reason": "customer_returned"},
             )
             fresh = (await conn.execute(select(conversations).where(conversations.c.id == row["id"]))).mappings().one()
-            return dict(fresh), False, True
+            return {**dict(fresh), "last_choices": row["last_choices"]}, False, True
         conv_id = (
             await conn.execute(
-                conversations.insert()
-                .values(
-                    customer_id=customer["id"],
-                    identity_id=identity["id"],
-                    channel=identity["channel"],
-                    state="bot",
-                    language=None,
-                    priority="normal",
-                    labels=[],
-                    meta={},
-                    created_at=now,
-                    updated_at=now,
-                )
-                .returning(conversations.c.id)
+                _INSERT_CONVERSATION,
+                {"customer_id": customer["id"], "identity_id": identity["id"], "channel": identity["channel"],
+                 "state": "bot", "language": None, "priority": "normal", "labels": [], "meta": {},
+                 "created_at": now, "updated_at": now},
             )
         ).scalar_one()
         await add_touchpoint(
             conn, customer_id=customer["id"], conversation_id=conv_id, kind="conversation_opened", now=now,
             channel=identity["channel"], payload={},
         )
-        fresh = (await conn.execute(select(conversations).where(conversations.c.id == conv_id))).mappings().one()
-        return dict(fresh), True, False
+        fresh = {
+            "id": conv_id, "customer_id": customer["id"], "identity_id": identity["id"],
+            "channel": identity["channel"], "state": "bot", "flow": None, "language": None, "team_id": None,
+            "assignee_id": None, "priority": "normal", "labels": [], "handover": None, "meta": {},
+            "last_choices": [], "resolved_at": None,
+        }
+        return fresh, True, False
 
     # ---------------------------------------------------------------- inbound
     async def handle_inbound(
@@ -226,47 +234,46 @@ class Pipeline:
             conn, channel=msg.channel, address=msg.address, now=now,
             display_name=msg.display_name, language=lang_guess,
         )
+        changed = False
         for hook in self.pre_route_hooks:
-            await hook(conn, msg, identity, customer, self)
-        # hooks may merge or relink: read the identity and its customer again
-        identity = dict(
-            (await conn.execute(select(identities).where(identities.c.id == identity["id"]))).mappings().one()
-        )
-        customer = dict(
-            (await conn.execute(select(customers).where(customers.c.id == identity["customer_id"]))).mappings().one()
-        )
-        ident_values: dict[str, Any] = {"last_inbound_at": now, "unreachable": False, "unreachable_reason": None}
-        if msg.display_name and msg.display_name != identity["display_name"]:
-            ident_values["display_name"] = msg.display_name
-        await conn.execute(update(identities).where(identities.c.id == identity["id"]).values(**ident_values))
-        cust_values: dict[str, Any] = {"last_seen_at": now}
-        if msg.display_name and not customer["display_name"]:
-            cust_values["display_name"] = msg.display_name
-            customer["display_name"] = msg.display_name
-        await conn.execute(update(customers).where(customers.c.id == customer["id"]).values(**cust_values))
+            changed = bool(await hook(conn, msg, identity, customer, self)) or changed
+        if changed:  # a hook merged or relinked: read the identity and its customer again
+            identity = dict(
+                (await conn.execute(select(identities).where(identities.c.id == identity["id"]))).mappings().one()
+            )
+            customer = dict(
+                (await conn.execute(select(customers).where(customers.c.id == identity["customer_id"])))
+                .mappings().one()
+            )
+        last_in = aware(identity["last_inbound_at"])
+        if (last_in is None or now - last_in >= REFRESH or identity["unreachable"]
+                or (msg.display_name and msg.display_name != identity["display_name"])):
+            ident_values: dict[str, Any] = {"last_inbound_at": now, "unreachable": False, "unreachable_reason": None}
+            if msg.display_name and msg.display_name != identity["display_name"]:
+                ident_values["display_name"] = msg.display_name
+            await conn.execute(_UPDATE_IDENTITY, {"pk": identity["id"], **ident_values})
+            identity = {**identity, **ident_values}
+        last_seen = aware(customer["last_seen_at"])
+        name_missing = bool(msg.display_name and not customer["display_name"])
+        if not cust_new and (last_seen is None or now - last_seen >= REFRESH or name_missing):
+            cust_values: dict[str, Any] = {"last_seen_at": now}
+            if name_missing:
+                cust_values["display_name"] = msg.display_name
+                customer["display_name"] = msg.display_name
+            await conn.execute(_UPDATE_CUSTOMER, {"pk": customer["id"], **cust_values})
 
         conv, conv_new, reopened = await self.open_conversation(conn, identity, customer, now)
         if conv_new and lang_guess and not conv["language"]:
             conv["language"] = lang_guess if cust_new or msg.language_hint else customer["language"]
         in_id = (
             await conn.execute(
-                messages.insert()
-                .values(
-                    conversation_id=conv["id"],
-                    customer_id=customer["id"],
-                    channel=msg.channel,
-                    direction="in",
-                    author="customer",
-                    body=msg.text,
-                    choices=[],
-                    attachments=[a.to_dict() for a in msg.attachments],
-                    purpose=msg.kind,
-                    channel_message_id=msg.provider_message_id,
-                    status="received",
-                    meta={"button_payload": msg.button_payload, **msg.meta} if msg.button_payload or msg.meta else {},
-                    created_at=now,
-                )
-                .returning(messages.c.id)
+                _INSERT_MESSAGE,
+                {"conversation_id": conv["id"], "customer_id": customer["id"], "channel": msg.channel,
+                 "direction": "in", "author": "customer", "agent_id": None, "body": msg.text, "choices": [],
+                 "attachments": [a.to_dict() for a in msg.attachments], "purpose": msg.kind,
+                 "channel_message_id": msg.provider_message_id, "status": "received", "error": None,
+                 "meta": {"button_payload": msg.button_payload, **msg.meta} if msg.button_payload or msg.meta else {},
+                 "created_at": now, "sent_at": None, "delivered_at": None},
             )
         ).scalar_one()
         await add_touchpoint(
@@ -276,25 +283,16 @@ class Pipeline:
                      "attachments": len(msg.attachments)},
         )
         await conn.execute(
-            update(conversations)
-            .where(conversations.c.id == conv["id"])
-            .values(last_message_at=now, updated_at=now, language=conv["language"])
+            _UPDATE_CONVERSATION, {"pk": conv["id"], "last_message_at": now, "updated_at": now,
+                                   "language": conv["language"]}
         )
         events.append((
             "message.created",
             {"message_id": in_id, "conversation_id": conv["id"], "customer_id": customer["id"],
              "direction": "in", "author": "customer", "channel": msg.channel, "text": msg.text[:2000]},
         ))
-        last_out = (
-            await conn.execute(
-                select(messages.c.choices)
-                .where(messages.c.conversation_id == conv["id"], messages.c.direction == "out")
-                .order_by(messages.c.id.desc())
-                .limit(1)
-            )
-        ).scalar_one_or_none()
         ctx = RouteContext(
-            last_choices=list(last_out or []),
+            last_choices=list(conv.get("last_choices") or []),
             message=msg,
             customer=CustomerView(
                 id=customer["id"], display_name=customer["display_name"], language=customer["language"] or "id",
@@ -430,35 +428,21 @@ class Pipeline:
         conn, now = actx.conn, actx.now
         msg_id = (
             await conn.execute(
-                messages.insert()
-                .values(
-                    conversation_id=actx.conversation_id,
-                    customer_id=actx.customer_id,
-                    channel=actx.channel,
-                    direction="out",
-                    author=reply.author,
-                    agent_id=reply.agent_id,
-                    body=reply.text,
-                    choices=[c.to_dict() for c in reply.choices],
-                    attachments=[a.to_dict() for a in reply.attachments],
-                    purpose=reply.purpose,
-                    status="queued",
-                    meta={"reply": reply.to_payload()},
-                    created_at=now,
-                )
-                .returning(messages.c.id)
+                _INSERT_MESSAGE,
+                {"conversation_id": actx.conversation_id, "customer_id": actx.customer_id,
+                 "channel": actx.channel, "direction": "out", "author": reply.author, "agent_id": reply.agent_id,
+                 "body": reply.text, "choices": [c.to_dict() for c in reply.choices],
+                 "attachments": [a.to_dict() for a in reply.attachments], "purpose": reply.purpose,
+                 "channel_message_id": None, "status": "queued", "error": None,
+                 "meta": {"reply": reply.to_payload()}, "created_at": now, "sent_at": None, "delivered_at": None},
             )
         ).scalar_one()
         await conn.execute(
-            outbox_items.insert().values(
-                message_id=msg_id,
-                channel=actx.channel,
-                key=f"{actx.identity['channel']}:{actx.identity['address']}",
-                status="pending",
-                attempts=0,
-                next_attempt_at=now,
-                created_at=now,
-            )
+            _INSERT_OUTBOX,
+            {"message_id": msg_id, "channel": actx.channel,
+             "key": f"{actx.identity['channel']}:{actx.identity['address']}", "status": "pending", "attempts": 0,
+             "next_attempt_at": now, "locked_by": None, "locked_until": None, "last_error": None,
+             "provider_message_id": None, "created_at": now, "sent_at": None},
         )
         await add_touchpoint(
             conn, customer_id=actx.customer_id, conversation_id=actx.conversation_id, message_id=msg_id,
@@ -474,6 +458,10 @@ class Pipeline:
         ))
         actx.created.append(msg_id)
         return msg_id
+
+
+class _BatchNeedsSafeMode(Exception):
+    pass
 
 
 class RouterWorker:
@@ -497,12 +485,21 @@ class RouterWorker:
         self.wakeup = asyncio.Event()
         self.worker_id = f"{os.uname().nodename}:{os.getpid()}"
         self._stopping = False
+        self._safe_next = False
         self.processed = 0
+        self.loops = 1
 
     def nudge(self) -> None:
         self.wakeup.set()
 
     async def run(self) -> None:
+        """Run ``loops`` claim loops; on PostgreSQL several transactions route different conversations at once."""
+        if self.loops <= 1:
+            await self._run_one()
+        else:
+            await asyncio.gather(*(self._run_one() for _ in range(self.loops)))
+
+    async def _run_one(self) -> None:
         while not self._stopping:
             try:
                 n = await self.process_batch()
@@ -558,39 +555,67 @@ class RouterWorker:
         return claimed
 
     async def process_batch(self) -> int:
+        """Route a batch of inbox items in one transaction.
+
+        Fast path: no savepoints. If any item raises, the whole transaction is rolled back and the batch is
+        routed again in safe mode, where each item runs in its own savepoint so one poisoned message cannot
+        hold up the rest (it is retried a few times, then marked ``failed`` for a supervisor to see).
+        """
+        try:
+            return await self._process(safe=self._safe_next)
+        except _BatchNeedsSafeMode:
+            self._safe_next = True
+            return await self._process(safe=True)
+
+    async def _process(self, safe: bool) -> int:
         events: list[tuple[str, dict[str, Any]]] = []
-        failed_ids: list[tuple[int, str]] = []
+        failures = 0
+        sends = 0
         async with self.engine.begin() as conn:
             items = await self._claim(conn)
             if not items:
+                self._safe_next = False
                 return 0
-            sends = 0
+            done_ids: list[int] = []
             blocked_keys: set[str] = set()
-            for item in items:
-                if item["key"] in blocked_keys:
-                    continue  # an earlier message of this conversation failed: keep the order
-                item_events: list[tuple[str, dict[str, Any]]] = []
-                try:
-                    async with conn.begin_nested():
-                        decision = await self.pipeline.handle_inbound(
-                            conn, InboundMessage.from_payload(item["payload"]), item_events
-                        )
-                        await conn.execute(
-                            update(inbox_items)
-                            .where(inbox_items.c.id == item["id"])
-                            .values(status="done", processed_at=self.pipeline.clock.now(),
-                                    attempts=item["attempts"] + 1)
-                        )
+            async with buffered_touchpoints(conn):
+                for item in items:
+                    if item["key"] in blocked_keys:
+                        continue  # an earlier message of this conversation failed: keep the order
+                    item_events: list[tuple[str, dict[str, Any]]] = []
+                    msg = InboundMessage.from_payload(item["payload"])
+                    if not safe:
+                        try:
+                            decision = await self.pipeline.handle_inbound(conn, msg, item_events)
+                        except Exception as exc:
+                            raise _BatchNeedsSafeMode from exc
+                    else:
+                        try:
+                            async with conn.begin_nested(), buffered_touchpoints(conn):
+                                decision = await self.pipeline.handle_inbound(conn, msg, item_events)
+                        except Exception as exc:  # noqa: BLE001 - isolate one poisoned message from the rest
+                            log.exception("routing inbox item %s failed", item["id"])
+                            blocked_keys.add(item["key"])
+                            failures += 1
+                            await self._record_failure(
+                                conn, item, "".join(traceback.format_exception_only(exc)).strip()
+                            )
+                            continue
+                    done_ids.append(item["id"])
                     events.extend(item_events)
                     sends += sum(isinstance(e, Send) for e in decision.effects)
-                except Exception as exc:  # noqa: BLE001 - isolate one poisoned message from the rest
-                    log.exception("routing inbox item %s failed", item["id"])
-                    blocked_keys.add(item["key"])
-                    failed_ids.append((item["id"], "".join(traceback.format_exception_only(exc)).strip()))
-                    await self._record_failure(conn, item, failed_ids[-1][1])
+            if done_ids:
+                await conn.execute(
+                    update(inbox_items)
+                    .where(inbox_items.c.id.in_(done_ids))
+                    .values(status="done", processed_at=self.pipeline.clock.now(),
+                            attempts=inbox_items.c.attempts + 1)
+                )
             fault("before_route_commit")
         fault("after_route_commit")
-        self.processed += len(items) - len(failed_ids)
+        if safe and failures == 0:
+            self._safe_next = False
+        self.processed += len(items) - failures
         if events:
             await self.publish(events)
         if sends or events:

@@ -68,6 +68,8 @@ class Runtime:
             self.engine, self.pipeline, self.events.publish, self.dispatcher.nudge,
             poll_interval=0.05 if settings.is_sqlite else 0.2,
         )
+        if not settings.is_sqlite:
+            self.worker.loops = int(settings.env.get("LOKET_ROUTER_LOOPS", "4"))
         self.inbox = InboxWriter(self.engine, self.clock, self.worker.nudge)
         self.app = web.Application(client_max_size=32 * 1024 * 1024)
         self.app[RUNTIME] = self
@@ -75,6 +77,8 @@ class Runtime:
         self._tasks: list[asyncio.Task[None]] = []
         self._startup: list[Callable[[], Awaitable[None]]] = []
         self._shutdown: list[Callable[[], Awaitable[None]]] = []
+        if components is None and settings.env.get("LOKET_COMPONENTS"):
+            components = [c.strip() for c in settings.env["LOKET_COMPONENTS"].split(",") if c.strip()]
         self.component_names = components if components is not None else list(COMPONENTS)
         for name in self.component_names:
             module = importlib.import_module(name)

@@ -18,8 +18,11 @@ class DatabaseUnavailable(Exception):
 
 def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
     if url.startswith("sqlite"):
+        from storage.sqlite_inline import dbapi
+
         engine = create_async_engine(
             url,
+            module=dbapi(),
             pool_size=1,
             max_overflow=0,
             pool_timeout=60,

@@ -163,6 +163,8 @@ def make_settings(db_url: str, tmp_path: Path, **env: str) -> Settings:
         "LOKET_DISPATCH_BACKOFF_BASE": "0.05",
         "LOKET_DISPATCH_BACKOFF_CAP": "1",
     }
+    if os.environ.get("LOKET_COMPONENTS"):
+        base["LOKET_COMPONENTS"] = os.environ["LOKET_COMPONENTS"]
     base.update(env)
     return Settings.from_env(base)
 

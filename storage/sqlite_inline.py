@@ -1,0 +1,167 @@
+"""An aiosqlite-compatible driver shim that runs SQLite calls on the event loop thread.
+
+aiosqlite sends every call (cursor, execute, fetch, close) to a worker thread and back, which costs a
+thread switch and a self-pipe wake-up each time: ~4 hops per statement. SQLite statements themselves take
+microseconds, so Loket runs them inline and sends to a thread only what can wait: ``BEGIN IMMEDIATE`` (it
+may wait for another process's write lock, up to ``busy_timeout``) and ``COMMIT`` (fsync). SQLAlchemy's
+own aiosqlite dialect drives this shim unchanged (``create_async_engine(..., module=dbapi())``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import types
+from collections.abc import Callable, Iterable
+from typing import Any
+
+_BLOCKING_PREFIXES = ("BEGIN", "COMMIT", "END", "VACUUM", "PRAGMA WAL_CHECKPOINT")
+
+
+def _may_block(sql: str) -> bool:
+    return sql.lstrip()[:24].upper().startswith(_BLOCKING_PREFIXES)
+
+
+class _Requests:
+    """Stands in for aiosqlite's request queue, which SQLAlchemy uses to set ``isolation_level``."""
+
+    def put_nowait(self, item: tuple[asyncio.Future[Any], Callable[[], Any]]) -> None:
+        future, function = item
+        try:
+            future.set_result(function())
+        except Exception as exc:  # noqa: BLE001 - handed to the awaiting caller
+            future.set_exception(exc)
+
+
+class Cursor:
+    def __init__(self, owner: Connection) -> None:
+        self._owner = owner
+        self._cursor = owner._conn.cursor()
+
+    async def __aenter__(self) -> Cursor:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def execute(self, sql: str, parameters: Iterable[Any] = ()) -> Cursor:
+        if _may_block(sql):
+            await asyncio.to_thread(self._cursor.execute, sql, parameters)
+        else:
+            self._cursor.execute(sql, parameters)
+        return self
+
+    async def executemany(self, sql: str, seq_of_parameters: Iterable[Iterable[Any]]) -> Cursor:
+        self._cursor.executemany(sql, seq_of_parameters)
+        return self
+
+    async def fetchall(self) -> list[Any]:
+        return self._cursor.fetchall()
+
+    async def fetchone(self) -> Any:
+        return self._cursor.fetchone()
+
+    async def fetchmany(self, size: int | None = None) -> list[Any]:
+        return self._cursor.fetchmany(size) if size is not None else self._cursor.fetchmany()
+
+    async def nextset(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        self._cursor.close()
+
+    @property
+    def description(self) -> Any:
+        return self._cursor.description
+
+    @property
+    def rowcount(self) -> int:
+        return self._cursor.rowcount
+
+    @property
+    def lastrowid(self) -> int | None:
+        return self._cursor.lastrowid
+
+    @property
+    def arraysize(self) -> int:
+        return self._cursor.arraysize
+
+    @arraysize.setter
+    def arraysize(self, value: int) -> None:
+        self._cursor.arraysize = value
+
+
+class Connection:
+    _thread = types.SimpleNamespace(daemon=True)  # SQLAlchemy marks aiosqlite's thread as a daemon
+
+    def __init__(self, database: str, **kwargs: Any) -> None:
+        kwargs.pop("iter_chunk_size", None)
+        kwargs.pop("loop", None)
+        kwargs["check_same_thread"] = False  # BEGIN/COMMIT run in a worker thread, one at a time
+        self._database = database
+        self._kwargs = kwargs
+        self._conn: sqlite3.Connection | None = None
+        self._tx = _Requests()
+
+    def __await__(self) -> Any:
+        async def _open() -> Connection:
+            self._conn = await asyncio.to_thread(sqlite3.connect, self._database, **self._kwargs)
+            return self
+
+        return _open().__await__()
+
+    @property
+    def _connection(self) -> sqlite3.Connection | None:
+        return self._conn
+
+    @property
+    def isolation_level(self) -> str | None:
+        assert self._conn is not None
+        return self._conn.isolation_level
+
+    def cursor(self) -> Cursor:
+        return Cursor(self)
+
+    async def execute(self, sql: str, parameters: Iterable[Any] = ()) -> Cursor:
+        cur = Cursor(self)
+        return await cur.execute(sql, parameters)
+
+    async def commit(self) -> None:
+        assert self._conn is not None
+        await asyncio.to_thread(self._conn.commit)
+
+    async def rollback(self) -> None:
+        assert self._conn is not None
+        self._conn.rollback()
+
+    async def create_function(self, *args: Any, **kwargs: Any) -> None:
+        assert self._conn is not None
+        self._conn.create_function(*args, **kwargs)
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def stop(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def connect(database: str, **kwargs: Any) -> Connection:
+    return Connection(database, **kwargs)
+
+
+def dbapi() -> Any:
+    """The module object SQLAlchemy's aiosqlite dialect expects, backed by this shim."""
+    from sqlalchemy.dialects.sqlite.aiosqlite import AsyncAdapt_aiosqlite_dbapi
+
+    module = types.ModuleType("loket_sqlite_inline")
+    module.connect = connect  # type: ignore[attr-defined]
+    module.Connection = Connection  # type: ignore[attr-defined]
+    for name in ("DatabaseError", "Error", "IntegrityError", "NotSupportedError", "OperationalError",
+                 "ProgrammingError", "sqlite_version", "sqlite_version_info", "Warning", "InterfaceError",
+                 "InternalError", "DataError"):
+        setattr(module, name, getattr(sqlite3, name))
+    return AsyncAdapt_aiosqlite_dbapi(module, sqlite3)
