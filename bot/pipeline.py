@@ -151,7 +151,8 @@ class InboxWriter:
 
 
 EffectApplier = Callable[["ApplyContext", Custom], Awaitable[None]]
-# A hook returns True when it changed the identity or its customer (e.g. merged two customers).
+# A hook returns False when it changed nothing; True or None (unknown) make the pipeline re-read the identity
+# and its customer (a hook may have merged two customers).
 PreRouteHook = Callable[[AsyncConnection, InboundMessage, dict[str, Any], dict[str, Any], Any], Awaitable[bool | None]]
 REFRESH = timedelta(seconds=60)  # last_seen / last_inbound_at are kept to this precision
 SendHook = Callable[[AsyncConnection, "ApplyContext", Reply, int], Awaitable[None]]
@@ -236,7 +237,7 @@ class Pipeline:
         )
         changed = False
         for hook in self.pre_route_hooks:
-            changed = bool(await hook(conn, msg, identity, customer, self)) or changed
+            changed = (await hook(conn, msg, identity, customer, self)) is not False or changed
         if changed:  # a hook merged or relinked: read the identity and its customer again
             identity = dict(
                 (await conn.execute(select(identities).where(identities.c.id == identity["id"]))).mappings().one()
