@@ -273,7 +273,7 @@ class Dispatcher:
                     self.sent += 1
                     continue
                 assert isinstance(result, SendError)
-                age = now - aware(row["queued_at"])
+                age = now - (aware(row["queued_at"]) or now)
                 give_up = isinstance(result, PermanentSendError) or (
                     row["attempts"] >= self.max_attempts or age >= self.max_age
                 )

@@ -192,7 +192,7 @@ class Pipeline:
         """The identity's open conversation, a reopened one, or a new one: (row, is_new, reopened)."""
         row = (await conn.execute(_OPEN_CONVERSATION, {"identity_id": identity["id"]})).mappings().first()
         if row is not None and row["state"] != "resolved":
-            return dict(row), False, False
+            return {**row}, False, False
         if row is not None and row["resolved_at"] is not None and now - aware(row["resolved_at"]) <= self.reopen_window:
             await conn.execute(
                 update(conversations)
@@ -203,8 +203,10 @@ class Pipeline:
                 conn, customer_id=customer["id"], conversation_id=row["id"], kind="state_changed", now=now,
                 channel=identity["channel"], payload={"from": "resolved", "to": "bot", "reason": "customer_returned"},
             )
-            fresh = (await conn.execute(select(conversations).where(conversations.c.id == row["id"]))).mappings().one()
-            return {**dict(fresh), "last_choices": row["last_choices"]}, False, True
+            reopened = (
+                await conn.execute(select(conversations).where(conversations.c.id == row["id"]))
+            ).mappings().one()
+            return {**reopened, "last_choices": row["last_choices"]}, False, True
         conv_id = (
             await conn.execute(
                 _INSERT_CONVERSATION,
@@ -217,12 +219,13 @@ class Pipeline:
             conn, customer_id=customer["id"], conversation_id=conv_id, kind="conversation_opened", now=now,
             channel=identity["channel"], payload={},
         )
-        fresh = {
+        fresh: dict[str, Any] = {c.name: None for c in conversations.c}
+        fresh.update({
             "id": conv_id, "customer_id": customer["id"], "identity_id": identity["id"],
             "channel": identity["channel"], "state": "bot", "flow": None, "language": None, "team_id": None,
             "assignee_id": None, "priority": "normal", "labels": [], "handover": None, "meta": {},
-            "last_choices": [], "resolved_at": None,
-        }
+            "last_choices": [], "created_at": now, "updated_at": now,
+        })
         return fresh, True, False
 
     # ---------------------------------------------------------------- inbound

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
@@ -14,6 +14,7 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Table,
     Text,
     UniqueConstraint,
 )
@@ -233,14 +234,14 @@ class AuditLog(Base):
     created_at: Mapped[datetime] = mapped_column(TZ)
 
 
-customers = Customer.__table__
-identities = Identity.__table__
-conversations = Conversation.__table__
-messages = Message.__table__
-touchpoints = Touchpoint.__table__
-inbox_items = InboxItem.__table__
-outbox_items = OutboxItem.__table__
-teams = Team.__table__
-agents = Agent.__table__
-team_members = TeamMember.__table__
-audit_log = AuditLog.__table__
+customers = cast(Table, Customer.__table__)
+identities = cast(Table, Identity.__table__)
+conversations = cast(Table, Conversation.__table__)
+messages = cast(Table, Message.__table__)
+touchpoints = cast(Table, Touchpoint.__table__)
+inbox_items = cast(Table, InboxItem.__table__)
+outbox_items = cast(Table, OutboxItem.__table__)
+teams = cast(Table, Team.__table__)
+agents = cast(Table, Agent.__table__)
+team_members = cast(Table, TeamMember.__table__)
+audit_log = cast(Table, AuditLog.__table__)

@@ -35,6 +35,7 @@ class _Requests:
 
 class Cursor:
     def __init__(self, owner: Connection) -> None:
+        assert owner._conn is not None, "the connection is closed"
         self._owner = owner
         self._cursor = owner._conn.cursor()
 
@@ -44,14 +45,14 @@ class Cursor:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def execute(self, sql: str, parameters: Iterable[Any] = ()) -> Cursor:
+    async def execute(self, sql: str, parameters: Any = ()) -> Cursor:
         if _may_block(sql):
             await asyncio.to_thread(self._cursor.execute, sql, parameters)
         else:
             self._cursor.execute(sql, parameters)
         return self
 
-    async def executemany(self, sql: str, seq_of_parameters: Iterable[Iterable[Any]]) -> Cursor:
+    async def executemany(self, sql: str, seq_of_parameters: Iterable[Any]) -> Cursor:
         self._cursor.executemany(sql, seq_of_parameters)
         return self
 
@@ -105,7 +106,7 @@ class Connection:
 
     def __await__(self) -> Any:
         async def _open() -> Connection:
-            self._conn = await asyncio.to_thread(sqlite3.connect, self._database, **self._kwargs)
+            self._conn = await asyncio.to_thread(lambda: sqlite3.connect(self._database, **self._kwargs))
             return self
 
         return _open().__await__()
