@@ -82,9 +82,11 @@ class Dispatcher:
         self.worker_id = f"{os.uname().nodename}:{os.getpid()}:{id(self):x}"
         self.wakeup = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
-        self._results: asyncio.Queue[tuple[dict[str, Any], Any]] = asyncio.Queue()
+        self._results: asyncio.Queue[tuple[dict[str, Any], Any] | None] = asyncio.Queue()
         self._stopping = False
         self.sent = 0
+        # Observers of recorded results (metrics): fn(row, outcome "sent" | "retry" | "failed", now).
+        self.on_result: list[Callable[[dict[str, Any], str, Any], None]] = []
 
     def nudge(self) -> None:
         self.wakeup.set()
@@ -93,7 +95,38 @@ class Dispatcher:
         self._stopping = True
         self.wakeup.set()
 
+    async def recover_orphans(self) -> int:
+        """Hand back rows claimed by a process of this host that is gone (crashed), without waiting for the lease.
+
+        A send that was in flight at the crash may have reached the provider: it is sent again, which is the
+        one duplicate DESIGN §3 allows (Telegram and Twilio take no idempotency key).
+        """
+        host = os.uname().nodename
+        async with self.engine.begin() as conn:
+            holders = [r[0] for r in (await conn.execute(
+                select(outbox_items.c.locked_by).where(outbox_items.c.status == "sending").distinct()
+            )).all() if r[0]]
+            dead = []
+            for holder in holders:
+                parts = holder.split(":")
+                if len(parts) >= 2 and parts[0] == host and parts[1].isdigit() and int(parts[1]) != os.getpid() \
+                        and not os.path.exists(f"/proc/{parts[1]}"):
+                    dead.append(holder)
+            if not dead:
+                return 0
+            result = await conn.execute(
+                update(outbox_items)
+                .where(outbox_items.c.status == "sending", outbox_items.c.locked_by.in_(dead))
+                .values(status="pending", locked_by=None, locked_until=None, next_attempt_at=self.clock.now())
+            )
+        log.warning("took back %s sends claimed by crashed processes %s", result.rowcount, dead)
+        return int(result.rowcount or 0)
+
     async def run(self) -> None:
+        try:
+            await self.recover_orphans()
+        except Exception:  # noqa: BLE001 - the leases expire anyway
+            log.exception("could not check for sends held by crashed processes")
         recorder = asyncio.create_task(self._record_loop(), name="dispatch-recorder")
         try:
             while not self._stopping:
@@ -120,13 +153,13 @@ class Dispatcher:
                         pass
             if self._in_flight:
                 await asyncio.wait(self._in_flight, timeout=self.send_timeout)
-            await self._drain_results()
         finally:
-            recorder.cancel()
+            # let the recorder write every result it has (never cancel it mid-transaction), then stop it
+            await self._results.put(None)
             try:
-                await recorder
-            except asyncio.CancelledError:
-                pass
+                await asyncio.wait_for(asyncio.shield(recorder), timeout=15)
+            except (TimeoutError, asyncio.CancelledError):
+                recorder.cancel()
 
     async def claim(self, limit: int) -> list[dict[str, Any]]:
         now = self.clock.now()
@@ -226,29 +259,37 @@ class Dispatcher:
         await self._results.put((row, result))
 
     async def _record_loop(self) -> None:
-        while True:
+        """Write send results in batches; a ``None`` in the queue means: finish what is queued, then stop."""
+        done = False
+        while not done:
             first = await self._results.get()
-            batch = [first]
+            batch: list[tuple[dict[str, Any], Any]] = []
+            if first is None:
+                done = True
+            else:
+                batch.append(first)
             while not self._results.empty() and len(batch) < 256:
-                batch.append(self._results.get_nowait())
-            try:
-                await self._record(batch)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # noqa: BLE001 - the lease expires and the rows are retried
-                log.exception("recording %s send results failed", len(batch))
-                await asyncio.sleep(0.2)
-
-    async def _drain_results(self) -> None:
-        batch = []
-        while not self._results.empty():
-            batch.append(self._results.get_nowait())
-        if batch:
-            await self._record(batch)
+                item = self._results.get_nowait()
+                if item is None:
+                    done = True
+                else:
+                    batch.append(item)
+            for attempt in range(5):
+                if not batch:
+                    break
+                try:
+                    await self._record(batch)
+                    break
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # noqa: BLE001 - if it keeps failing the lease expires and rows are retried
+                    log.exception("recording %s send results failed (attempt %s)", len(batch), attempt + 1)
+                    await asyncio.sleep(0.2 * (attempt + 1))
 
     async def _record(self, batch: list[tuple[dict[str, Any], Any]]) -> None:
         now = self.clock.now()
         events: list[tuple[str, dict[str, Any]]] = []
+        outcomes: list[tuple[dict[str, Any], str]] = []
         async with self.engine.begin() as conn, buffered_touchpoints(conn):
             sent = [(row, r) for row, r in batch if isinstance(r, ProviderReceipt)]
             if sent:
@@ -271,6 +312,7 @@ class Dispatcher:
                     )
                     events.append(("message.status", {**base, "status": result.status}))
                     self.sent += 1
+                    outcomes.append((row, "sent"))
                     continue
                 assert isinstance(result, SendError)
                 age = now - (aware(row["queued_at"]) or now)
@@ -301,7 +343,9 @@ class Dispatcher:
                         payload={"status": "failed", "error": reason, "code": result.code},
                     )
                     events.append(("message.status", {**base, "status": "failed", "error": reason}))
-                    log.warning("message %s failed on %s: %s", row["message_id"], row["channel"], reason)
+                    log.warning("message %s failed on %s: %s", row["message_id"], row["channel"], reason,
+                                extra={"conversation_id": row["conversation_id"], "message_id": row["message_id"]})
+                    outcomes.append((row, "failed"))
                 else:
                     delay = backoff_delay(row["attempts"], self.backoff_base, self.backoff_cap)
                     if isinstance(result, TransientSendError) and result.retry_after is not None:
@@ -316,6 +360,10 @@ class Dispatcher:
                         update(messages).where(messages.c.id == row["message_id"]).values(error=result.reason)
                     )
                     asyncio.get_running_loop().call_later(delay, self.nudge)
+                    outcomes.append((row, "retry"))
+        for row, outcome in outcomes:
+            for hook in self.on_result:
+                hook(row, outcome, now)
         if events:
             await self.publish(events)
         self.nudge()

@@ -140,3 +140,39 @@ def test_db_upgrade_command_creates_the_schema(tmp_path: Path) -> None:
     assert again.returncode == 0, again.stderr
 
 
+
+
+async def test_send_claimed_by_a_crashed_process_goes_out_promptly_after_restart(db_url: str, tmp_path: Path) -> None:
+    port = free_port()
+    env = {"DATABASE_URL": db_url, "LOKET_PORT": str(port), "LOKET_DEMO": "false",
+           "LOKET_DATA_DIR": str(tmp_path / "data"), "LOKET_SECRET_KEY": "k" * 40,
+           "LOKET_FAULT_POINT": "before_send"}
+    first = LoketProcess("run", env, tmp_path, tmp_path / "first.log")
+    first.start()
+    await first.wait_ready()
+    chat = WebChatClient(f"http://127.0.0.1:{port}")
+    await chat.connect()
+    token = chat.visitor
+    await chat.send_text("halo")
+    assert first.wait_exit(15) == -9  # killed with the reply claimed ("sending") but not sent
+    await chat.close()
+    env2 = {k: v for k, v in env.items() if k != "LOKET_FAULT_POINT"}
+    second = LoketProcess("run", env2, tmp_path, tmp_path / "second.log")
+    second.env.pop("LOKET_FAULT_POINT", None)
+    second.start()
+    try:
+        await second.wait_ready()
+        again = WebChatClient(f"http://127.0.0.1:{port}", visitor=token)
+        await again.connect()
+        # the lease is 60 s; the restarted dispatcher takes the dead process's claim back at once
+        for _ in range(100):
+            sent = await count(db_url, select(func.count()).select_from(messages)
+                               .where(messages.c.direction == "out", messages.c.status.in_(("sent", "delivered"))))
+            if sent:
+                break
+            await asyncio.sleep(0.1)
+        await again.close()
+        assert sent == 1
+        assert await count(db_url, select(func.count()).select_from(messages).where(messages.c.direction == "out")) == 1
+    finally:
+        assert second.terminate() == 0, second.log()
