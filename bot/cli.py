@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import sys
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -26,7 +26,14 @@ app.add_typer(customers_app, name="customers")
 console = Console()
 
 # (module, attribute, command name) of feature command groups.
-FEATURE_CLIS: list[tuple[str, str, str]] = []
+FEATURE_CLIS: list[tuple[str, str, str]] = [
+    ("bot.bench_cli", "bench", "bench"),
+    ("bot.channels.telegram_cli", "app", "telegram"),
+    ("bot.channels.email_cli", "app", "email"),
+    ("bot.flows.cli", "app", "flows"),
+    ("bot.flows.cli", "chat", "chat"),
+    ("agent_console.cli", "app", "agents"),
+]
 
 
 def settings_or_exit() -> Settings:
@@ -109,7 +116,8 @@ def customers_show(customer_id: int = typer.Argument(..., help="Customer id (see
         finally:
             await engine.dispose()
 
-    cust, timeline = run_async(go())  # type: ignore[misc]
+    result: Any = run_async(go())
+    cust, timeline = result
     if cust is None:
         console.print(f"[red]no customer with id {customer_id}[/red]")
         raise typer.Exit(1)
@@ -150,4 +158,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

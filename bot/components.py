@@ -6,5 +6,11 @@ A feature registers its routes, router steps, channels, effect appliers and back
 
 COMPONENTS: list[str] = [
     "bot.channels.webchat",
+    "bot.channels.telegram",
+    "bot.channels.whatsapp",
+    "bot.channels.email",
     "bot.health",
+    "bot.flows.component",
+    "agent_console.escalation",
+    "agent_console.web",
 ]

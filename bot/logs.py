@@ -28,7 +28,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": mask(record.getMessage()),
         }
-        for key in ("conversation_id", "message_id", "customer_id", "channel"):
+        for key in ("conversation_id", "message_id", "customer_id", "channel", "inbox_item_id"):
             if hasattr(record, key):
                 data[key] = getattr(record, key)
         if record.exc_info:

@@ -554,6 +554,19 @@ class RouterWorker:
                     ).scalar_one()
                     got = earlier == 0
                 keys_ok[key] = bool(got)
+            elif keys_ok[key]:
+                # a later item of a key already claimed in this batch: only if nothing pending lies between
+                # (an item in the gap may be row-locked by another worker and skipped by SKIP LOCKED above)
+                mine = [c["id"] for c in claimed if c["key"] == key]
+                gap = (
+                    await conn.execute(
+                        select(func.count())
+                        .select_from(inbox_items)
+                        .where(inbox_items.c.key == key, inbox_items.c.status == "pending",
+                               inbox_items.c.id < r["id"], inbox_items.c.id.not_in(mine))
+                    )
+                ).scalar_one()
+                keys_ok[key] = gap == 0
             if keys_ok[key]:
                 claimed.append(r)
         return claimed
@@ -598,7 +611,8 @@ class RouterWorker:
                             async with conn.begin_nested(), buffered_touchpoints(conn):
                                 decision = await self.pipeline.handle_inbound(conn, msg, item_events)
                         except Exception as exc:  # noqa: BLE001 - isolate one poisoned message from the rest
-                            log.exception("routing inbox item %s failed", item["id"])
+                            log.exception("routing inbox item %s failed", item["id"],
+                                          extra={"inbox_item_id": item["id"], "channel": msg.channel})
                             blocked_keys.add(item["key"])
                             failures += 1
                             await self._record_failure(
@@ -635,7 +649,8 @@ class RouterWorker:
             .values(attempts=attempts, last_error=error[:2000], status=status)
         )
         if status == "failed":
-            log.error("inbox item %s gave up after %s attempts: %s", item["id"], attempts, error)
+            log.error("inbox item %s gave up after %s attempts: %s", item["id"], attempts, error,
+                      extra={"inbox_item_id": item["id"]})
         else:
             # back off a little so a poisoned item does not spin
             await asyncio.sleep(min(0.05 * attempts, 0.5))

@@ -62,6 +62,7 @@ class Runtime:
             max_age=timedelta(seconds=settings.dispatch_max_age_seconds),
             backoff_base=settings.dispatch_backoff_base,
             backoff_cap=settings.dispatch_backoff_cap,
+            lease=timedelta(seconds=float(settings.env.get("LOKET_DISPATCH_LEASE_SECONDS", "60"))),
             poll_interval=0.05 if settings.is_sqlite else 0.2,
         )
         self.worker = RouterWorker(

@@ -28,7 +28,8 @@ async def serve(settings: Settings, role: str, ready: asyncio.Event | None = Non
     await rt.start()
     runner: web.AppRunner | None = None
     if role in {"all", "web"}:
-        runner = web.AppRunner(rt.app, access_log=None, handle_signals=False)
+        grace = float(settings.env.get("LOKET_SHUTDOWN_GRACE", "10"))
+        runner = web.AppRunner(rt.app, access_log=None, handle_signals=False, shutdown_timeout=grace)
         await runner.setup()
         site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
         await site.start()
@@ -45,10 +46,11 @@ async def serve(settings: Settings, role: str, ready: asyncio.Event | None = Non
     await stop.wait()
     log.info("shutting down: finishing work in hand")
     if runner is not None:
-        await runner.shutdown()
-    await rt.stop()
-    if runner is not None:
+        # Stop listening, close WebSockets (app.on_shutdown), let requests in progress finish (their inbox writes
+        # still commit), then stop the runtime's loops.
         await runner.cleanup()
+    await rt.stop()
+    log.info("stopped cleanly")
 
 
 def run_process(role: str) -> None:

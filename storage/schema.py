@@ -19,6 +19,9 @@ from storage.models import Base
 # Modules that define tables on ``Base``. A feature adds its module here.
 MODEL_MODULES: list[str] = [
     "storage.models",
+    "bot.flows.models",
+    "bot.channels.email_models",
+    "agent_console.models",
 ]
 
 

@@ -152,6 +152,15 @@ class DatabaseFactory:
 
         asyncio.run(loop())
 
+    async def new_empty(self) -> str:
+        """A database with no schema at all (what a fresh install starts from)."""
+        if BACKEND == "postgresql":
+            name = f"{self.prefix}_{uuid.uuid4().hex[:8]}"
+            await self._admin(f'CREATE DATABASE "{name}"')
+            self.created.append(name)
+            return self._pg_url(name)
+        return f"sqlite+aiosqlite:///{self.tmp / (uuid.uuid4().hex[:10] + '-empty.db')}"
+
     async def drop_all(self) -> None:
         if BACKEND != "postgresql":
             return
@@ -181,6 +190,13 @@ def db_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DatabaseFac
 @pytest.fixture
 async def db_url(db_factory: DatabaseFactory) -> AsyncIterator[str]:
     url = await db_factory.new()
+    yield url
+    db_factory.release(url)
+
+
+@pytest.fixture
+async def empty_db_url(db_factory: DatabaseFactory) -> AsyncIterator[str]:
+    url = await db_factory.new_empty()
     yield url
     db_factory.release(url)
 

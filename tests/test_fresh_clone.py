@@ -28,12 +28,12 @@ def test_readme_opens_with_exactly_two_commands() -> None:
     assert "make test" in ci  # CI runs the README's test command
 
 
-async def test_make_run_from_a_fresh_clone(db_url: str, tmp_path: Path) -> None:
+async def test_make_run_from_a_fresh_clone(empty_db_url: str, tmp_path: Path) -> None:
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True, timeout=120)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LOKET_", "VIRTUAL_ENV"))}
-    env.update({"LOKET_PORT": str(port), "DATABASE_URL": db_url, "LOKET_LOG_FORMAT": "plain",
+    env.update({"LOKET_PORT": str(port), "DATABASE_URL": empty_db_url, "LOKET_LOG_FORMAT": "plain",
                 "PATH": "/usr/local/bin:/usr/bin:/bin:" + str(Path(os.environ.get("HOME", "/root")) / ".pyenv/shims")})
     log = open(tmp_path / "run.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(["make", "run"], cwd=clone, env=env, stdout=log, stderr=subprocess.STDOUT,

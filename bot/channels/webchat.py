@@ -88,6 +88,12 @@ class WebChatHub:
     def __init__(self) -> None:
         self.sockets: dict[str, set[web.WebSocketResponse]] = defaultdict(set)
 
+    async def close_all(self, app: web.Application | None = None) -> None:
+        """On shutdown: close every socket with 1001 (going away); the widget reconnects to another process."""
+        for socks in list(self.sockets.values()):
+            for ws in list(socks):
+                await ws.close(code=1001, message=b"server restarting")
+
     async def push(self, address: str, frame: dict[str, Any]) -> int:
         delivered = 0
         for ws in list(self.sockets.get(address, ())):
@@ -246,4 +252,5 @@ def setup(rt: Runtime) -> None:
     rt.app.router.add_get("/widget.js", channel.widget_js)
     rt.app.router.add_get("/webchat/ws", channel.websocket)
     rt.app.router.add_get("/", channel.demo_page)
+    rt.app.on_shutdown.append(channel.hub.close_all)
     rt.events.subscribe(channel.on_event)

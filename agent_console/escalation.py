@@ -1,0 +1,399 @@
+"""Escalation: queues, round-robin auto-assignment with capacity and presence, business hours, SLA, CSAT,
+frustration → priority.
+
+The decisions are pure functions (``pick_agent``, ``sla_state``, ``is_open``, ``is_frustrated`` …) so they
+are tested without a server; ``tick`` applies them against the database every ``LOKET_CONSOLE_TICK``
+seconds in worker processes, always with ``rt.clock.now()`` so tests can move time.
+
+Frustration is detected by a *pre-route hook* (same transaction as the inbound message, before routing):
+it raises the priority of the customer's open conversation and records a ``priority_raised`` touchpoint,
+without taking the routing decision away from the bot's own steps (a router step would have to return a
+Decision and so end routing). The CSAT answer is a router step at order 12 that acts only while the
+conversation's meta holds a pending survey.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import func, select, update
+
+from bot.clock import aware
+from bot.effects import Custom, Decision, Send, Touch, UpdateConversation
+from bot.messages import Choice, Reply
+from bot.router import RouteContext
+from bot.texts import register, t
+from storage.models import agents, conversations, team_members, teams, touchpoints
+from storage.repositories import add_touchpoint
+
+if TYPE_CHECKING:
+    from bot.outbound import SendRejected  # noqa: F401
+    from bot.pipeline import ApplyContext
+    from bot.runtime import Runtime
+
+log = logging.getLogger("loket.console")
+
+PRIORITIES = ["low", "normal", "high", "urgent"]
+# (first response, resolution) in minutes
+DEFAULT_SLA: dict[str, tuple[int, int]] = {"urgent": (15, 240), "high": (30, 480), "normal": (60, 1440),
+                                           "low": (240, 2880)}
+PRESENCE_TIMEOUT = timedelta(seconds=90)
+ORDER_CSAT = 12
+FRUSTRATION_WORDS = {"kecewa", "marah", "parah", "kesal", "jengkel", "payah", "angry", "terrible", "awful",
+                     "worst", "furious", "useless", "bodoh", "lambat banget"}
+_word_re = re.compile(r"\w+", re.UNICODE)
+
+register({
+    "console.queue_position": {
+        "id": "Anda di antrean nomor {position}. Perkiraan waktu tunggu sekitar {minutes} menit.",
+        "en": "You are number {position} in the queue. The expected wait is about {minutes} minutes.",
+    },
+    "console.offline": {
+        "id": "Tim kami sedang di luar jam kerja ({hours}). Pesan Anda sudah kami catat.",
+        "en": "Our team is outside working hours ({hours}). We have noted your message.",
+    },
+    "console.followup": {
+        "id": "Kami akan membalas lewat {channel} begitu tim kembali.",
+        "en": "We will reply on {channel} as soon as the team is back.",
+    },
+    "console.csat_ask": {
+        "id": "Bagaimana pelayanan kami? Beri nilai 1 (buruk) sampai 5 (sangat baik).",
+        "en": "How did we do? Rate us from 1 (poor) to 5 (excellent).",
+    },
+    "console.csat_comment": {
+        "id": "Terima kasih! Ada komentar? Tulis di sini, atau ketik 'lewati'.",
+        "en": "Thank you! Any comment? Write it here, or type 'skip'.",
+    },
+    "console.csat_thanks": {
+        "id": "Terima kasih atas masukan Anda.",
+        "en": "Thank you for your feedback.",
+    },
+})
+
+SKIP_WORDS = {"lewati", "skip", "tidak", "no", "ga", "gak", "nggak", "-"}
+CHANNEL_NAMES = {"whatsapp": "WhatsApp", "telegram": "Telegram", "email": "email", "webchat": "web chat"}
+
+
+# ------------------------------------------------------------------ pure decisions
+def is_frustrated(text: str) -> bool:
+    """Angry words (id/en) or shouting (mostly capitals over enough letters)."""
+    lowered = text.lower()
+    words = set(_word_re.findall(lowered))
+    if words & FRUSTRATION_WORDS or any(" " in w and w in lowered for w in FRUSTRATION_WORDS):
+        return True
+    letters = [c for c in text if c.isalpha()]
+    return len(letters) >= 8 and sum(c.isupper() for c in letters) / len(letters) >= 0.8
+
+
+def raised_priority(current: str) -> str:
+    idx = PRIORITIES.index(current) if current in PRIORITIES else 1
+    return PRIORITIES[min(max(idx + 1, 2), len(PRIORITIES) - 1)]
+
+
+def sla_targets(priority: str, policies: dict[str, tuple[int, int]] | None = None) -> tuple[timedelta, timedelta]:
+    fr, res = (policies or {}).get(priority) or DEFAULT_SLA.get(priority, DEFAULT_SLA["normal"])
+    return timedelta(minutes=fr), timedelta(minutes=res)
+
+
+def sla_state(conv: dict[str, Any], now: datetime) -> str:
+    """``breached`` / ``warning`` (less than a fifth of the window left) / ``ok`` / ``none``."""
+    worst = "none"
+    for due_key, done_key in (("first_response_due", "first_response_at"), ("resolution_due", "resolved_at")):
+        due = aware(conv.get(due_key))
+        if due is None or conv.get(done_key) is not None:
+            continue
+        start = aware(conv.get("queued_at")) or due
+        if now >= due:
+            return "breached"
+        window = (due - start).total_seconds()
+        left = (due - now).total_seconds()
+        if window > 0 and left < window * 0.2:
+            worst = "warning"
+        elif worst == "none":
+            worst = "ok"
+    return worst
+
+
+DAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+
+
+def is_open(hours: dict[str, Any] | None, now: datetime) -> bool:
+    """``{"timezone": "Asia/Jakarta", "weekly": {"mon": [["08:00", "17:00"]], …}, "holidays": ["2026-12-25"]}``;
+    no schedule means always open."""
+    if not hours or not hours.get("weekly"):
+        return True
+    local = now.astimezone(ZoneInfo(hours.get("timezone") or "Asia/Jakarta"))
+    if local.date().isoformat() in set(hours.get("holidays") or []):
+        return False
+    hm = local.strftime("%H:%M")
+    return any(start <= hm < end for start, end in (hours["weekly"].get(DAYS[local.weekday()]) or []))
+
+
+def describe_hours(hours: dict[str, Any]) -> str:
+    weekly = hours.get("weekly") or {}
+    parts = [f"{d} {'/'.join(f'{a}-{b}' for a, b in weekly[d])}" for d in DAYS if weekly.get(d)]
+    return ", ".join(parts) + f" {hours.get('timezone', 'Asia/Jakarta')}"
+
+
+@dataclass(frozen=True)
+class AgentSlot:
+    id: int
+    presence: str
+    max_chats: int
+    load: int
+    last_assigned: int  # sequence of the agent's last auto-assignment; 0 = never
+
+
+def pick_agent(candidates: list[AgentSlot]) -> AgentSlot | None:
+    """Round robin among online agents with spare capacity: the one assigned least recently goes first."""
+    free = [a for a in candidates if a.presence == "online" and a.load < a.max_chats]
+    if not free:
+        return None
+    return min(free, key=lambda a: (a.last_assigned, a.id))
+
+
+def expected_wait_minutes(position: int, online_agents: int, avg_minutes: float = 4.0) -> int:
+    return max(1, round(position * avg_minutes / max(online_agents, 1)))
+
+
+# ------------------------------------------------------------------ effect appliers
+async def apply_assign(actx: ApplyContext, eff: Custom) -> None:
+    values: dict[str, Any] = {"updated_at": actx.now}
+    if "assignee_id" in eff.data:
+        values["assignee_id"] = eff.data["assignee_id"]
+    if "team_id" in eff.data:
+        values["team_id"] = eff.data["team_id"]
+    await actx.conn.execute(update(conversations).where(conversations.c.id == actx.conversation_id).values(**values))
+    await add_touchpoint(actx.conn, customer_id=actx.customer_id, conversation_id=actx.conversation_id,
+                         kind="assigned", now=actx.now, channel=actx.channel, actor=eff.data.get("by", "system"),
+                         payload={k: v for k, v in eff.data.items() if k != "by"})
+    actx.events.append(("conversation.assigned", {"conversation_id": actx.conversation_id,
+                                                  "customer_id": actx.customer_id, **eff.data}))
+
+
+async def apply_first_response(actx: ApplyContext, eff: Custom) -> None:
+    await actx.conn.execute(
+        update(conversations)
+        .where(conversations.c.id == actx.conversation_id, conversations.c.first_response_at.is_(None))
+        .values(first_response_at=actx.now)
+    )
+
+
+async def apply_csat(actx: ApplyContext, eff: Custom) -> None:
+    values: dict[str, Any] = {}
+    if "score" in eff.data:
+        values["csat_score"] = int(eff.data["score"])
+    if eff.data.get("comment"):
+        values["csat_comment"] = str(eff.data["comment"])[:2000]
+    if values:
+        await actx.conn.execute(
+            update(conversations).where(conversations.c.id == actx.conversation_id).values(**values))
+    actx.events.append(("conversation.csat", {"conversation_id": actx.conversation_id,
+                                              "customer_id": actx.customer_id, **eff.data}))
+
+
+# ------------------------------------------------------------------ router step / hook
+def csat_question(lang: str) -> Reply:
+    return Reply(t("console.csat_ask", lang), choices=tuple(Choice(str(i), str(i)) for i in range(1, 6)),
+                 purpose="csat")
+
+
+async def csat_step(ctx: RouteContext) -> Decision | None:
+    pending = (ctx.conversation.meta or {}).get("csat")
+    if not pending:
+        return None
+    text = ctx.text.strip()
+    lang = ctx.language
+    if pending.get("stage") == "score":
+        if text in {"1", "2", "3", "4", "5"}:
+            score = int(text)
+            return Decision(step="csat").add(
+                Custom("console.csat", {"score": score}),
+                Touch("csat", {"score": score}, actor="customer"),
+                UpdateConversation(meta={"csat": {"stage": "comment", "score": score}}),
+                Send(Reply(t("console.csat_comment", lang), purpose="csat")),
+            )
+        return None  # not a rating: the bot answers as usual; the survey stays open for a later digit
+    if pending.get("stage") == "comment":
+        effects: list[Any] = [UpdateConversation(meta={"csat": None})]
+        if text.lower() not in SKIP_WORDS:
+            effects += [Custom("console.csat", {"comment": text}),
+                        Touch("csat", {"score": pending.get("score"), "comment": text[:2000]}, actor="customer")]
+        effects.append(Send(Reply(t("console.csat_thanks", lang), purpose="csat")))
+        return Decision(effects=effects, step="csat")
+    return None
+
+
+async def frustration_hook(conn: Any, msg: Any, identity: dict[str, Any], customer: dict[str, Any],
+                           pipeline: Any) -> bool:
+    if not msg.text or not is_frustrated(msg.text):
+        return False
+    conv = (await conn.execute(
+        select(conversations.c.id, conversations.c.priority, conversations.c.state)
+        .where(conversations.c.identity_id == identity["id"]).order_by(conversations.c.id.desc()).limit(1)
+    )).mappings().first()
+    if conv is None or conv["state"] == "resolved":
+        return False
+    new = raised_priority(conv["priority"])
+    if new != conv["priority"]:
+        now = pipeline.clock.now()
+        await conn.execute(update(conversations).where(conversations.c.id == conv["id"]).values(priority=new))
+        await add_touchpoint(conn, customer_id=customer["id"], conversation_id=conv["id"], kind="priority_raised",
+                             now=now, channel=identity["channel"], actor="bot",
+                             payload={"from": conv["priority"], "to": new, "reason": "frustration"})
+    return False
+
+
+# ------------------------------------------------------------------ background work
+class Escalation:
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.interval = float(rt.settings.env.get("LOKET_CONSOLE_TICK", "1.0"))
+        self._wake = asyncio.Event()
+
+    def nudge(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - keep the loop alive; the next tick retries
+                log.exception("escalation tick failed")
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.interval)
+            except TimeoutError:
+                pass
+
+    async def policies(self, conn: Any) -> dict[str, tuple[int, int]]:
+        from agent_console.models import sla_policies
+
+        rows = (await conn.execute(select(sla_policies))).mappings().all()
+        return {r["priority"]: (r["first_response_minutes"], r["resolution_minutes"]) for r in rows}
+
+    async def tick(self) -> None:
+        from bot.effects import SetState
+        from bot.outbound import SendRejected, act_on_conversation
+
+        rt = self.rt
+        now = rt.clock.now()
+        async with rt.engine.begin() as conn:
+            await conn.execute(update(agents).where(agents.c.presence != "offline",
+                                                    agents.c.presence_at < now - PRESENCE_TIMEOUT)
+                               .values(presence="offline"))
+            policies = await self.policies(conn)
+            queued = [dict(r) for r in (await conn.execute(
+                select(conversations).where(conversations.c.state == "queued").order_by(conversations.c.queued_at)
+            )).mappings().all()]
+            team_rows = {r["id"]: dict(r) for r in (await conn.execute(select(teams))).mappings().all()}
+            for conv in queued:
+                if conv["first_response_due"] is None and conv["queued_at"] is not None:
+                    fr, res = sla_targets(conv["priority"], policies)
+                    q = aware(conv["queued_at"])
+                    assert q is not None
+                    conv["first_response_due"], conv["resolution_due"] = q + fr, q + res
+                    await conn.execute(update(conversations).where(conversations.c.id == conv["id"])
+                                       .values(first_response_due=q + fr, resolution_due=q + res))
+            # SLA breaches (counted once per conversation)
+            open_rows = (await conn.execute(
+                select(conversations).where(conversations.c.state.in_(("queued", "assigned", "pending_customer")),
+                                            conversations.c.first_response_due.is_not(None))
+            )).mappings().all()
+            breached_events: list[tuple[str, dict[str, Any]]] = []
+            for conv in open_rows:
+                if sla_state(dict(conv), now) == "breached" and not (conv["meta"] or {}).get("sla_breached"):
+                    await conn.execute(update(conversations).where(conversations.c.id == conv["id"])
+                                       .values(meta={**(conv["meta"] or {}), "sla_breached": now.isoformat()}))
+                    await add_touchpoint(conn, customer_id=conv["customer_id"], conversation_id=conv["id"],
+                                         kind="sla_breached", now=now, channel=conv["channel"],
+                                         payload={"priority": conv["priority"]})
+                    breached_events.append(("conversation.sla_breached",
+                                            {"conversation_id": conv["id"], "customer_id": conv["customer_id"]}))
+            agent_rows = (await conn.execute(select(agents).where(agents.c.active.is_(True)))).mappings().all()
+            loads = dict((await conn.execute(
+                select(conversations.c.assignee_id, func.count())
+                .where(conversations.c.state.in_(("assigned", "pending_customer")),
+                       conversations.c.assignee_id.is_not(None))
+                .group_by(conversations.c.assignee_id))).all())
+            last = dict((await conn.execute(
+                select(touchpoints.c.actor, func.max(touchpoints.c.id)).where(touchpoints.c.kind == "assigned")
+                .group_by(touchpoints.c.actor))).all())
+            membership: dict[int, set[int]] = {}
+            for tm in (await conn.execute(select(team_members))).mappings().all():
+                membership.setdefault(tm["team_id"], set()).add(tm["agent_id"])
+        if breached_events:
+            await rt.events.publish(breached_events)
+        online = sum(1 for a in agent_rows if a["presence"] == "online")
+        # round robin memory: the touchpoint id of each agent's last auto-assignment orders them
+        last_assigned = {int(k.split(":")[1]): v for k, v in last.items() if k and k.startswith("auto:")}
+        slots = {a["id"]: AgentSlot(a["id"], a["presence"], a["max_chats"], int(loads.get(a["id"], 0)),
+                                    int(last_assigned.get(a["id"], 0))) for a in agent_rows}
+        seq = max([0, *last_assigned.values()])
+        prio_rank = {p: i for i, p in enumerate(reversed(PRIORITIES))}
+        for position, conv in enumerate(queued, start=1):
+            team = team_rows.get(conv["team_id"]) if conv["team_id"] else None
+            meta = conv["meta"] or {}
+            if not meta.get("queue_notified"):
+                await self._notify(conv, team, position, online, act_on_conversation, SendRejected, now)
+        for conv in sorted(queued, key=lambda c: (prio_rank.get(c["priority"], 9), str(c["queued_at"]))):
+            team = team_rows.get(conv["team_id"]) if conv["team_id"] else None
+            if team and not is_open(team["business_hours"], now):
+                continue
+            pool = [s for aid, s in slots.items() if team is None or aid in membership.get(team["id"], set())]
+            chosen = pick_agent(pool)
+            if chosen is None:
+                continue
+            try:
+                await act_on_conversation(rt, conv["id"], [
+                    Custom("console.assign", {"assignee_id": chosen.id, "by": f"auto:{chosen.id}"}),
+                    SetState("assigned", reason="auto_assigned"),
+                ])
+            except Exception:  # noqa: BLE001
+                log.exception("auto-assignment of conversation %s failed", conv["id"])
+                continue
+            seq += 1
+            slots[chosen.id] = AgentSlot(chosen.id, chosen.presence, chosen.max_chats, chosen.load + 1, seq)
+
+    async def _notify(self, conv: dict[str, Any], team: dict[str, Any] | None, position: int, online: int,
+                      act: Any, rejected: type[Exception], now: datetime) -> None:
+        lang = conv["language"] or "id"
+        effects: list[Any] = [UpdateConversation(meta={"queue_notified": now.isoformat()})]
+        hours = (team or {}).get("business_hours") or {}
+        if not is_open(hours, now):
+            effects.append(Send(Reply(t("console.offline", lang, hours=describe_hours(hours)), purpose="queue_status")))
+            effects.append(Send(Reply(t("console.followup", lang, channel=CHANNEL_NAMES.get(conv["channel"],
+                                                                                             conv["channel"])),
+                                      purpose="queue_status")))
+        elif position > 1:  # first in line: the core's "you are in the queue" already says it all
+            effects.append(Send(Reply(t("console.queue_position", lang, position=position,
+                                        minutes=expected_wait_minutes(position, online)), purpose="queue_status")))
+        try:
+            await act(self.rt, conv["id"], effects)
+        except rejected:
+            await act(self.rt, conv["id"], effects[:1])
+
+
+def setup(rt: Runtime) -> None:
+    esc = Escalation(rt)
+    rt.services["escalation"] = esc
+    rt.pipeline.appliers["console.assign"] = apply_assign
+    rt.pipeline.appliers["console.first_response"] = apply_first_response
+    rt.pipeline.appliers["console.csat"] = apply_csat
+    rt.pipeline.pre_route_hooks.append(frustration_hook)
+    rt.router.add("csat", csat_step, ORDER_CSAT)
+
+    async def on_event(name: str, payload: dict[str, Any]) -> None:
+        if name in {"conversation.escalated", "agent.presence"}:
+            esc.nudge()
+
+    rt.events.subscribe(on_event)
+    rt.add_task("console-escalation", esc.run)

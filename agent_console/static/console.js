@@ -1,0 +1,94 @@
+// Loket console: live updates over /console/ws. Fragments are re-rendered (and escaped) by the server;
+// anything this script writes itself goes through textContent.
+(function () {
+  "use strict";
+  var body = document.body;
+  var csrf = body.getAttribute("data-csrf");
+  if (!csrf) { return; }
+  var dot = document.getElementById("presence");
+  var inbox = document.querySelector('[data-live="inbox"]');
+  var convPage = document.querySelector('[data-live="conversation"]');
+  var convId = convPage ? convPage.getAttribute("data-conv") : null;
+  var pending = null;
+  var backoff = 500;
+
+  function refresh() {
+    if (pending) { return; }
+    pending = setTimeout(function () {
+      pending = null;
+      var url = new URL(window.location.href);
+      url.searchParams.set("partial", "1");
+      url.searchParams.delete("rejected");
+      fetch(url.toString(), { credentials: "same-origin" }).then(function (r) {
+        return r.ok ? r.text() : null;
+      }).then(function (html) {
+        if (html === null) { return; }
+        var target = document.getElementById(inbox ? "inbox-list" : "timeline-box");
+        if (!target) { return; }
+        var tpl = document.createElement("template");
+        tpl.innerHTML = html;  // server-rendered, autoescaped fragment
+        target.replaceChildren(tpl.content);
+        if (inbox) {
+          var table = target.querySelector("table[data-counts]");
+          if (table) {
+            var counts = JSON.parse(table.getAttribute("data-counts"));
+            Object.keys(counts).forEach(function (k) {
+              var el = document.querySelector('[data-count="' + k + '"]');
+              if (el) { el.textContent = String(counts[k]); }
+            });
+          }
+        }
+        document.body.setAttribute("data-refreshed", String(Date.now()));
+      });
+    }, 30);
+  }
+
+  function connect() {
+    var proto = location.protocol === "https:" ? "wss:" : "ws:";
+    var ws = new WebSocket(proto + "//" + location.host + "/console/ws?csrf=" + encodeURIComponent(csrf));
+    var ping = null;
+    ws.onopen = function () {
+      backoff = 500;
+      if (dot) { dot.className = "dot online"; }
+      body.setAttribute("data-ws", "open");
+      ping = setInterval(function () {
+        ws.send(JSON.stringify({ type: "ping", presence: document.hidden ? "away" : "online" }));
+      }, 20000);
+    };
+    ws.onmessage = function (ev) {
+      var frame;
+      try { frame = JSON.parse(ev.data); } catch (e) { return; }
+      if (frame.type !== "event") { return; }
+      if (frame.name === "webchat.typing") { return; }
+      if (inbox) { refresh(); }
+      else if (convId && String(frame.conversation_id) === convId) { refresh(); }
+    };
+    ws.onclose = function () {
+      if (ping) { clearInterval(ping); }
+      if (dot) { dot.className = "dot offline"; }
+      body.setAttribute("data-ws", "closed");
+      setTimeout(connect, backoff);
+      backoff = Math.min(backoff * 2, 10000);
+    };
+  }
+  connect();
+
+  var canned = document.getElementById("canned");
+  var text = document.getElementById("reply-text");
+  if (canned && text) {
+    canned.addEventListener("change", function () {
+      if (canned.value) { text.value = canned.value; text.focus(); }
+    });
+  }
+  if (text && convId) {
+    var last = 0;
+    text.addEventListener("input", function () {
+      var now = Date.now();
+      if (now - last < 2000) { return; }
+      last = now;
+      var form = new FormData();
+      form.append("_csrf", csrf);
+      fetch("/console/c/" + convId + "/typing", { method: "POST", body: form, credentials: "same-origin" });
+    });
+  }
+})();
