@@ -11,7 +11,7 @@ from aiohttp import web
 
 from bot.config import ConfigError, Settings
 from bot.runtime import Runtime
-from storage.db import DatabaseUnavailable
+from storage.db import DatabaseUnavailable, check_database, make_engine
 
 log = logging.getLogger("loket")
 
@@ -23,7 +23,9 @@ def configure_logging(level: str) -> None:
 
 
 async def serve(settings: Settings, role: str, ready: asyncio.Event | None = None) -> None:
-    rt = Runtime(settings, role=role)
+    engine = make_engine(settings.database_url)
+    await check_database(engine)  # first, so a wrong DATABASE_URL is one readable line and nothing else
+    rt = Runtime(settings, role=role, engine=engine)
     await rt.prepare(migrate=True)
     await rt.start()
     runner: web.AppRunner | None = None
