@@ -28,10 +28,13 @@ console = Console()
 # (module, attribute, command name) of feature command groups.
 FEATURE_CLIS: list[tuple[str, str, str]] = [
     ("bot.bench_cli", "bench", "bench"),
+    ("knowledge_base.cli", "app", "kb"),
     ("bot.channels.telegram_cli", "app", "telegram"),
     ("bot.channels.email_cli", "app", "email"),
     ("bot.flows.cli", "app", "flows"),
     ("bot.flows.cli", "chat", "chat"),
+    ("bot.appointments.cli", "app", "appointments"),
+    ("bot.api.cli", "app", "tokens"),
     ("agent_console.cli", "app", "agents"),
 ]
 

@@ -11,6 +11,11 @@ COMPONENTS: list[str] = [
     "bot.channels.email",
     "bot.health",
     "bot.flows.component",
+    "knowledge_base",
+    "bot.appointments",
+    "bot.api.web",
     "agent_console.escalation",
     "agent_console.web",
+    "bot.webhooks_out",
+    "bot.metrics",
 ]

@@ -19,8 +19,11 @@ from storage.models import Base
 # Modules that define tables on ``Base``. A feature adds its module here.
 MODEL_MODULES: list[str] = [
     "storage.models",
+    "knowledge_base.models",
     "bot.flows.models",
+    "bot.appointments.models",
     "bot.channels.email_models",
+    "bot.api.models",
     "agent_console.models",
 ]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import types
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -47,29 +48,35 @@ class Cursor:
 
     async def execute(self, sql: str, parameters: Any = ()) -> Cursor:
         if _may_block(sql):
-            await asyncio.to_thread(self._cursor.execute, sql, parameters)
+            await self._owner._threaded(self._cursor.execute, sql, parameters)
         else:
-            self._cursor.execute(sql, parameters)
+            with self._owner._lock:
+                self._cursor.execute(sql, parameters)
         return self
 
     async def executemany(self, sql: str, seq_of_parameters: Iterable[Any]) -> Cursor:
-        self._cursor.executemany(sql, seq_of_parameters)
+        with self._owner._lock:
+            self._cursor.executemany(sql, seq_of_parameters)
         return self
 
     async def fetchall(self) -> list[Any]:
-        return self._cursor.fetchall()
+        with self._owner._lock:
+            return self._cursor.fetchall()
 
     async def fetchone(self) -> Any:
-        return self._cursor.fetchone()
+        with self._owner._lock:
+            return self._cursor.fetchone()
 
     async def fetchmany(self, size: int | None = None) -> list[Any]:
-        return self._cursor.fetchmany(size) if size is not None else self._cursor.fetchmany()
+        with self._owner._lock:
+            return self._cursor.fetchmany(size) if size is not None else self._cursor.fetchmany()
 
     async def nextset(self) -> None:
         return None
 
     async def close(self) -> None:
-        self._cursor.close()
+        with self._owner._lock:
+            self._cursor.close()
 
     @property
     def description(self) -> Any:
@@ -103,6 +110,16 @@ class Connection:
         self._kwargs = kwargs
         self._conn: sqlite3.Connection | None = None
         self._tx = _Requests()
+        # One user of the sqlite3 connection at a time: a thread still committing after its awaiting task was
+        # cancelled must finish before the loop thread rolls back or closes the same connection.
+        self._lock = threading.Lock()
+
+    async def _threaded(self, fn: Any, *args: Any) -> Any:
+        def locked() -> Any:
+            with self._lock:
+                return fn(*args)
+
+        return await asyncio.to_thread(locked)
 
     def __await__(self) -> Any:
         async def _open() -> Connection:
@@ -121,7 +138,8 @@ class Connection:
         return self._conn.isolation_level
 
     def cursor(self) -> Cursor:
-        return Cursor(self)
+        with self._lock:
+            return Cursor(self)
 
     async def execute(self, sql: str, parameters: Iterable[Any] = ()) -> Cursor:
         cur = Cursor(self)
@@ -129,25 +147,26 @@ class Connection:
 
     async def commit(self) -> None:
         assert self._conn is not None
-        await asyncio.to_thread(self._conn.commit)
+        await self._threaded(self._conn.commit)
 
     async def rollback(self) -> None:
         assert self._conn is not None
-        self._conn.rollback()
+        with self._lock:
+            self._conn.rollback()
 
     async def create_function(self, *args: Any, **kwargs: Any) -> None:
         assert self._conn is not None
-        self._conn.create_function(*args, **kwargs)
+        with self._lock:
+            self._conn.create_function(*args, **kwargs)
 
     async def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self.stop()
 
     def stop(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
 
 
 def connect(database: str, **kwargs: Any) -> Connection:

