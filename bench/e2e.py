@@ -14,7 +14,6 @@ Results are appended to bench/results/e2e.jsonl and printed as a markdown table.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
