@@ -163,7 +163,8 @@ class FlowService:
 
         now = self.rt.clock.now()
         due: list[tuple[int, dict[str, Any], Any]] = []
-        last_id = 0
+        # resume where the last sweep stopped, so every active flow is looked at however many there are
+        last_id = getattr(self, "_sweep_cursor", 0)
         for _ in range(20):  # at most 20 pages of TIMEOUT_BATCH per sweep
             async with self.rt.engine.connect() as conn:
                 rows = (await conn.execute(
@@ -178,8 +179,10 @@ class FlowService:
                         aware(datetime.fromisoformat(str(flow["expires_at"]))) <= now:  # type: ignore[operator]
                     due.append((int(r["id"]), flow, r["last_message_at"]))
             if len(rows) < TIMEOUT_BATCH:
+                last_id = 0  # reached the end: the next sweep starts from the beginning
                 break
             last_id = int(rows[-1]["id"])
+        self._sweep_cursor = last_id
         closed = 0
         for conv_id, flow, seen_at in due:
             # claim it: only one process (and only if the customer has not written since) times it out
