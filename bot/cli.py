@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 from typing import Any
 
@@ -10,8 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from bot.config import ConfigError, Settings
-from storage.db import DatabaseUnavailable, check_database, make_engine
+from bot.cli_support import run_async, settings_or_exit
+from storage.db import check_database, make_engine
 
 app = typer.Typer(
     help="Loket — chat-first, omnichannel service desk bot. Start with `loket run`.",
@@ -37,22 +36,6 @@ FEATURE_CLIS: list[tuple[str, str, str]] = [
     ("bot.api.cli", "app", "tokens"),
     ("agent_console.cli", "app", "agents"),
 ]
-
-
-def settings_or_exit() -> Settings:
-    try:
-        return Settings.from_env()
-    except ConfigError as exc:
-        console.print(f"[red]configuration error:[/red] {exc}")
-        raise typer.Exit(2) from exc
-
-
-def run_async(coro: object) -> object:
-    try:
-        return asyncio.run(coro)  # type: ignore[arg-type]
-    except DatabaseUnavailable as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from exc
 
 
 @app.command()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -17,24 +16,8 @@ app = typer.Typer(help="Knowledge base: import articles, evaluate answers, find 
 console = Console()
 
 
-def _settings() -> Any:
-    from bot.config import ConfigError, Settings
-
-    try:
-        return Settings.from_env()
-    except ConfigError as exc:
-        console.print(f"[red]configuration error:[/red] {exc}")
-        raise typer.Exit(2) from exc
-
-
-def _run(coro: Any) -> Any:
-    from storage.db import DatabaseUnavailable
-
-    try:
-        return asyncio.run(coro)
-    except DatabaseUnavailable as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from exc
+from bot.cli_support import run_async as _run  # noqa: E402
+from bot.cli_support import settings_or_exit as _settings  # noqa: E402
 
 
 async def _kb(settings: Any, migrate: bool = True) -> Any:

@@ -18,7 +18,7 @@ console = Console()
 
 
 def _settings():  # type: ignore[no-untyped-def]
-    from bot.cli import settings_or_exit
+    from bot.cli_support import settings_or_exit
 
     return settings_or_exit()
 

@@ -11,27 +11,14 @@ from rich.table import Table
 from sqlalchemy import func, select, update
 
 from bot.channels.email_models import email_mailbox_state, email_messages
-from bot.config import ConfigError, Settings
-from storage.db import make_engine
+from bot.cli_support import settings_or_exit, with_engine
 
 app = typer.Typer(help="Email channel: settings check, sync status, failed imports.", no_args_is_help=True)
 console = Console()
 
 
-def _settings() -> Settings:
-    try:
-        return Settings.from_env()
-    except ConfigError as exc:
-        console.print(f"[red]configuration error:[/red] {exc}")
-        raise typer.Exit(2) from exc
-
-
-async def _with_engine(settings: Settings, fn: Any) -> Any:
-    engine = make_engine(settings.database_url)
-    try:
-        return await fn(engine)
-    finally:
-        await engine.dispose()
+_settings = settings_or_exit
+_with_engine = with_engine
 
 
 @app.command()

@@ -10,6 +10,7 @@ import typer
 from aiogram.exceptions import TelegramAPIError
 from rich.console import Console
 
+from bot.cli_support import settings_or_exit
 from bot.config import ConfigError, Settings
 
 app = typer.Typer(help="Telegram bot: webhook set-up, long polling for development, status.", no_args_is_help=True)
@@ -17,11 +18,7 @@ console = Console()
 
 
 def _settings() -> Settings:
-    try:
-        settings = Settings.from_env()
-    except ConfigError as exc:
-        console.print(f"[red]configuration error:[/red] {exc}")
-        raise typer.Exit(2) from exc
+    settings = settings_or_exit()
     if not settings.telegram_bot_token:
         console.print("[red]TELEGRAM_BOT_TOKEN is not set.[/red] Create a bot with @BotFather (/newbot) and set "
                       "TELEGRAM_BOT_TOKEN=<token> in the environment or .env.")
