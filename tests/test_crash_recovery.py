@@ -1,10 +1,12 @@
-"""A process killed right after persisting an inbound message answers it exactly once after restart."""
+"""Crash recovery: a process killed at a fault point loses nothing and answers exactly once after restart."""
 
 from __future__ import annotations
 
 import asyncio
 import subprocess
 import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -24,81 +26,106 @@ async def count(db_url: str, q: object) -> int:
         await engine.dispose()
 
 
-async def test_sigkill_after_persist_then_restart_answers_once(db_url: str, tmp_path: Path) -> None:
+def outbound(*statuses: str) -> object:
+    q = select(func.count()).select_from(messages).where(messages.c.direction == "out")
+    return q.where(messages.c.status.in_(statuses)) if statuses else q
+
+
+INBOUND = select(func.count()).select_from(messages).where(messages.c.direction == "in")
+
+
+@dataclass
+class Crash:
+    port: int
+    visitor: str
+    client_id: str
+    frames: list[dict[str, object]]
+    env: dict[str, str]
+
+
+async def crash_at(fault: str, db_url: str, tmp_path: Path, text: str) -> Crash:
+    """Start ``loket run`` with a fault point, send one web chat message, and see the process SIGKILL itself."""
     port = free_port()
     env = {"DATABASE_URL": db_url, "LOKET_PORT": str(port), "LOKET_DEMO": "false",
-           "LOKET_DATA_DIR": str(tmp_path / "data"), "LOKET_SECRET_KEY": "k" * 40,
-           "LOKET_FAULT_POINT": "after_inbox_commit"}
-    first = LoketProcess("run", env, tmp_path, tmp_path / "first.log")
+           "LOKET_DATA_DIR": str(tmp_path / "data"), "LOKET_SECRET_KEY": "k" * 40}
+    first = LoketProcess("run", {**env, "LOKET_FAULT_POINT": fault}, tmp_path, tmp_path / "first.log")
     first.start()
     await first.wait_ready()
     cid = uuid.uuid4().hex
     chat = WebChatClient(f"http://127.0.0.1:{port}")
     await chat.connect()
-    token = chat.visitor
-    await chat.send_text("halo, tolong dibantu", client_id=cid)
-    # the process kills itself right after the inbox commit, before it can acknowledge or route
-    assert first.wait_exit(15) == -9
+    await chat.send_text(text, client_id=cid)
+    assert first.wait_exit(15) == -9, first.log()
     await chat.close()
-    assert [f for f in chat.frames if f["type"] == "ack"] == []
+    return Crash(port, chat.visitor or "", cid, chat.frames, env)
+
+
+async def restarted(crash: Crash, tmp_path: Path, check: Callable[[], Awaitable[None]]) -> None:
+    """Start the process again without the fault point, run ``check``, and stop it gracefully."""
+    second = LoketProcess("run", crash.env, tmp_path, tmp_path / "second.log")
+    second.env.pop("LOKET_FAULT_POINT", None)
+    second.start()
+    try:
+        await second.wait_ready()
+        await check()
+    finally:
+        assert second.terminate() == 0, second.log()
+
+
+async def wait_count(db_url: str, q: object, at_least: int = 1, tries: int = 100) -> int:
+    n = 0
+    for _ in range(tries):
+        n = await count(db_url, q)
+        if n >= at_least:
+            break
+        await asyncio.sleep(0.1)
+    return n
+
+
+async def test_sigkill_after_persist_then_restart_answers_once(db_url: str, tmp_path: Path) -> None:
+    crash = await crash_at("after_inbox_commit", db_url, tmp_path, "halo, tolong dibantu")
+    # killed right after the inbox commit, before it could acknowledge or route
+    assert [f for f in crash.frames if f["type"] == "ack"] == []
     assert await count(db_url, select(func.count()).select_from(inbox_items)) == 1
     assert await count(db_url, select(func.count()).select_from(messages)) == 0
 
-    env2 = dict(env)
-    env2.pop("LOKET_FAULT_POINT")
-    second = LoketProcess("run", env2, tmp_path, tmp_path / "second.log")
-    second.env.pop("LOKET_FAULT_POINT", None)
-    second.start()
-    try:
-        await second.wait_ready()
-        again = WebChatClient(f"http://127.0.0.1:{port}", visitor=token)
-        await again.connect()
-        # the widget resends what was never acknowledged; the server must not process it twice
-        await again.send_text("halo, tolong dibantu", client_id=cid)
-        await again.wait_frame(lambda f: f["type"] == "ack" and f["client_id"] == cid)
-        for _ in range(100):
-            outs = await count(db_url, select(func.count()).select_from(messages).where(messages.c.direction == "out"))
-            if outs:
-                break
-            await asyncio.sleep(0.1)
-        await asyncio.sleep(1.0)
-        await again.close()
-        assert await count(db_url, select(func.count()).select_from(messages).where(messages.c.direction == "in")) == 1
-        assert await count(db_url, select(func.count()).select_from(messages).where(messages.c.direction == "out")) == 1
+    async def check() -> None:
+        async with WebChatClient(f"http://127.0.0.1:{crash.port}", visitor=crash.visitor) as again:
+            # the widget resends what was never acknowledged; the server must not process it twice
+            await again.send_text("halo, tolong dibantu", client_id=crash.client_id)
+            await again.wait_frame(lambda f: f["type"] == "ack" and f["client_id"] == crash.client_id)
+            await wait_count(db_url, outbound())
+            await asyncio.sleep(1.0)
+        assert await count(db_url, INBOUND) == 1
+        assert await count(db_url, outbound()) == 1
         assert await count(db_url, select(func.count()).select_from(inbox_items)
                            .where(inbox_items.c.status == "done")) == 1
-    finally:
-        assert second.terminate() == 0, second.log()
+
+    await restarted(crash, tmp_path, check)
 
 
 async def test_sigkill_before_route_commit_routes_once_after_restart(db_url: str, tmp_path: Path) -> None:
-    port = free_port()
-    env = {"DATABASE_URL": db_url, "LOKET_PORT": str(port), "LOKET_DEMO": "false",
-           "LOKET_DATA_DIR": str(tmp_path / "data"), "LOKET_SECRET_KEY": "k" * 40,
-           "LOKET_FAULT_POINT": "before_route_commit"}
-    first = LoketProcess("run", env, tmp_path, tmp_path / "first.log")
-    first.start()
-    await first.wait_ready()
-    chat = WebChatClient(f"http://127.0.0.1:{port}")
-    await chat.connect()
-    await chat.send_text("pesanan saya belum datang")
-    assert first.wait_exit(15) == -9
-    await chat.close()
-    env2 = {k: v for k, v in env.items() if k != "LOKET_FAULT_POINT"}
-    second = LoketProcess("run", env2, tmp_path, tmp_path / "second.log")
-    second.env.pop("LOKET_FAULT_POINT", None)
-    second.start()
-    try:
-        await second.wait_ready()
-        for _ in range(100):
-            if await count(db_url, select(func.count()).select_from(messages).where(messages.c.direction == "out")):
-                break
-            await asyncio.sleep(0.1)
+    crash = await crash_at("before_route_commit", db_url, tmp_path, "pesanan saya belum datang")
+
+    async def check() -> None:
+        await wait_count(db_url, outbound())
         await asyncio.sleep(0.5)
-        assert await count(db_url, select(func.count()).select_from(messages).where(messages.c.direction == "out")) == 1
-        assert await count(db_url, select(func.count()).select_from(messages).where(messages.c.direction == "in")) == 1
-    finally:
-        assert second.terminate() == 0, second.log()
+        assert await count(db_url, outbound()) == 1
+        assert await count(db_url, INBOUND) == 1
+
+    await restarted(crash, tmp_path, check)
+
+
+async def test_send_claimed_by_a_crashed_process_goes_out_promptly_after_restart(db_url: str, tmp_path: Path) -> None:
+    # killed with the reply claimed ("sending") but not sent
+    crash = await crash_at("before_send", db_url, tmp_path, "halo")
+
+    async def check() -> None:
+        # the lease is 60 s; the restarted dispatcher takes the dead process's claim back at once
+        assert await wait_count(db_url, outbound("sent", "delivered")) == 1
+        assert await count(db_url, outbound()) == 1
+
+    await restarted(crash, tmp_path, check)
 
 
 def test_unreachable_database_gives_one_readable_line(tmp_path: Path) -> None:
@@ -137,41 +164,3 @@ def test_db_upgrade_command_creates_the_schema(tmp_path: Path) -> None:
             "outbox_items", "alembic_version"} <= names
     again = subprocess.run([*LOKET, "db", "upgrade"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stderr
-
-
-
-
-async def test_send_claimed_by_a_crashed_process_goes_out_promptly_after_restart(db_url: str, tmp_path: Path) -> None:
-    port = free_port()
-    env = {"DATABASE_URL": db_url, "LOKET_PORT": str(port), "LOKET_DEMO": "false",
-           "LOKET_DATA_DIR": str(tmp_path / "data"), "LOKET_SECRET_KEY": "k" * 40,
-           "LOKET_FAULT_POINT": "before_send"}
-    first = LoketProcess("run", env, tmp_path, tmp_path / "first.log")
-    first.start()
-    await first.wait_ready()
-    chat = WebChatClient(f"http://127.0.0.1:{port}")
-    await chat.connect()
-    token = chat.visitor
-    await chat.send_text("halo")
-    assert first.wait_exit(15) == -9  # killed with the reply claimed ("sending") but not sent
-    await chat.close()
-    env2 = {k: v for k, v in env.items() if k != "LOKET_FAULT_POINT"}
-    second = LoketProcess("run", env2, tmp_path, tmp_path / "second.log")
-    second.env.pop("LOKET_FAULT_POINT", None)
-    second.start()
-    try:
-        await second.wait_ready()
-        again = WebChatClient(f"http://127.0.0.1:{port}", visitor=token)
-        await again.connect()
-        # the lease is 60 s; the restarted dispatcher takes the dead process's claim back at once
-        for _ in range(100):
-            sent = await count(db_url, select(func.count()).select_from(messages)
-                               .where(messages.c.direction == "out", messages.c.status.in_(("sent", "delivered"))))
-            if sent:
-                break
-            await asyncio.sleep(0.1)
-        await again.close()
-        assert sent == 1
-        assert await count(db_url, select(func.count()).select_from(messages).where(messages.c.direction == "out")) == 1
-    finally:
-        assert second.terminate() == 0, second.log()
