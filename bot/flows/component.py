@@ -87,6 +87,7 @@ class FlowService:
 
     # ------------------------------------------------------------------ router
     async def step(self, ctx: RouteContext) -> Decision | None:
+        """The active flow takes the answer; otherwise a trigger word or a new conversation starts one."""
         reg = self.registry
         if not reg:
             return None
@@ -103,7 +104,11 @@ class FlowService:
                 conn = current_conn.get()
                 if conn is not None and reg.get(str(pos["flow"]), int(pos.get("version") or 0)) is None:
                     await reg.fetch(conn, str(pos["flow"]), int(pos.get("version") or 0))
+                if kb_feedback_pending(ctx):
+                    return None  # the knowledge base asked "was this helpful?": its step reads the answer
                 decision = await continue_flow(ctx, reg, pos)
+                if decision is not None and free_question_at_menu(ctx, decision):
+                    return None  # the knowledge base answers; the flow keeps its place
                 if decision is not None:
                     return decision
                 log.warning("conversation %s is at flow %s@%s node %s, which no longer exists; starting over",
@@ -257,6 +262,24 @@ def load_registry(rt: Runtime) -> FlowRegistry:
     registry.default_flow = default
     log.info("loaded %d flow(s) from %s; default flow: %s", len(flows), path, default or "none")
     return registry
+
+
+def kb_feedback_pending(ctx: RouteContext) -> bool:
+    """The knowledge base's last answer asked "was this helpful?" and this message answers it."""
+    if "kb_answer" not in ctx.services or not (ctx.conversation.meta or {}).get("kb_pending"):
+        return False
+    from knowledge_base.chat import _feedback_value
+
+    return _feedback_value(ctx) is not None
+
+
+def free_question_at_menu(ctx: RouteContext, decision: Decision) -> bool:
+    """A question typed at a menu that matches none of its options ("jam buka klinik?" at the shop menu) goes to
+    the knowledge base instead of "that option does not exist"; one or two words stay a menu answer."""
+    if "kb_answer" not in ctx.services or len(ctx.raw_text.split()) < 3:
+        return False
+    return any(isinstance(e, Touch) and e.kind == "flow_invalid_answer" and e.payload.get("reason") == "not_an_option"
+               for e in decision.effects)
 
 
 def setup(rt: Runtime) -> None:
