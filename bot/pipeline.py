@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -654,7 +653,3 @@ class RouterWorker:
         else:
             # back off a little so a poisoned item does not spin
             await asyncio.sleep(min(0.05 * attempts, 0.5))
-
-
-def monotonic_ms() -> float:
-    return time.monotonic() * 1000

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import event
@@ -57,16 +55,6 @@ def insert_ignore(conn: AsyncConnection, table: Any) -> Any:
     """``INSERT … ON CONFLICT DO NOTHING`` for either dialect."""
     ins = sqlite_insert(table) if is_sqlite(conn) else pg_insert(table)
     return ins.on_conflict_do_nothing()
-
-
-def dialect_insert(conn: AsyncConnection, table: Any) -> Any:
-    return sqlite_insert(table) if is_sqlite(conn) else pg_insert(table)
-
-
-@asynccontextmanager
-async def transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
-    async with engine.begin() as conn:
-        yield conn
 
 
 async def check_database(engine: AsyncEngine) -> None:

@@ -53,9 +53,3 @@ async def upgrade(engine: AsyncEngine) -> None:
     async with engine.connect() as conn:
         await conn.run_sync(_upgrade_sync, url)
         await conn.commit()
-
-
-def current_heads() -> list[str]:
-    from alembic.script import ScriptDirectory
-
-    return list(ScriptDirectory.from_config(alembic_config("sqlite://")).get_heads())

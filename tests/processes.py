@@ -23,10 +23,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def python_url(db_url: str) -> str:
-    return db_url
-
-
 class LoketProcess:
     def __init__(self, role: str, env: dict[str, str], cwd: Path, log: Path) -> None:
         self.role = role

@@ -11,7 +11,6 @@ import hashlib
 import json
 import logging
 import secrets
-import uuid
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -239,10 +238,6 @@ class WebChatChannel:
             await self.hub.push(payload["address"], payload["frame"])
         elif name == "agent.typing" and payload.get("channel") == "webchat":
             await self.hub.push(payload["address"], {"type": "typing", "author": "agent"})
-
-
-def new_client_id() -> str:
-    return uuid.uuid4().hex
 
 
 def setup(rt: Runtime) -> None:
