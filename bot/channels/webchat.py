@@ -82,10 +82,33 @@ def parse_frame(raw: str | bytes, max_chars: int) -> dict[str, Any]:
 
 
 class WebChatHub:
-    """Open sockets per visitor address, in this process."""
+    """Open sockets per visitor address, in this process.
+
+    A socket joins before its history is read (so no reply committed meanwhile is missed) but gets pushes only
+    after the history frame: until then they are held and flushed without the ones the history already had.
+    """
 
     def __init__(self) -> None:
         self.sockets: dict[str, set[web.WebSocketResponse]] = defaultdict(set)
+        self._held: dict[web.WebSocketResponse, list[dict[str, Any]]] = {}
+
+    def join(self, address: str, ws: web.WebSocketResponse) -> None:
+        self._held[ws] = []
+        self.sockets[address].add(ws)
+
+    async def history_sent(self, ws: web.WebSocketResponse, ids: set[Any]) -> None:
+        held = self._held.get(ws)
+        while held:  # pushes arriving while this sends are appended here, so the order holds
+            frame = held.pop(0)
+            if frame.get("id") not in ids:
+                await ws.send_json(frame)
+        self._held.pop(ws, None)
+
+    def leave(self, address: str, ws: web.WebSocketResponse) -> None:
+        self._held.pop(ws, None)
+        self.sockets[address].discard(ws)
+        if not self.sockets[address]:
+            self.sockets.pop(address, None)
 
     async def close_all(self, app: web.Application | None = None) -> None:
         """On shutdown: close every socket with 1001 (going away); the widget reconnects to another process."""
@@ -97,6 +120,11 @@ class WebChatHub:
         delivered = 0
         for ws in list(self.sockets.get(address, ())):
             if ws.closed:
+                continue
+            held = self._held.get(ws)
+            if held is not None:
+                held.append(frame)
+                delivered += 1
                 continue
             try:
                 await ws.send_json(frame)
@@ -187,18 +215,18 @@ class WebChatChannel:
             await ws.send_json({"type": "visitor", "token": token})
         address = visitor_address(token)
         lang = (request.query.get("lang") or "")[:2] or None
-        self.hub.sockets[address].add(ws)
+        self.hub.join(address, ws)
         try:
-            await ws.send_json({"type": "history", "messages": await self.history(address)})
+            history = await self.history(address)
+            await ws.send_json({"type": "history", "messages": history})
+            await self.hub.history_sent(ws, {m["id"] for m in history})
             async for msg in ws:
                 if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
                     await self._on_frame(ws, address, msg.data, max_chars, lang)
                 elif msg.type == WSMsgType.ERROR:
                     log.info("web chat socket error: %s", ws.exception())
         finally:
-            self.hub.sockets[address].discard(ws)
-            if not self.hub.sockets[address]:
-                self.hub.sockets.pop(address, None)
+            self.hub.leave(address, ws)
         return ws
 
     async def _on_frame(self, ws: web.WebSocketResponse, address: str, raw: Any, max_chars: int,
