@@ -12,11 +12,12 @@ import asyncio
 import logging
 import os
 import random
+import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, exists, or_, select, update
+from sqlalchemy import bindparam, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.channels.base import ChannelRegistry, PermanentSendError, SendError, TransientSendError
@@ -25,9 +26,12 @@ from bot.faults import fault
 from bot.messages import OutboundMessage, ProviderReceipt, Reply
 from storage.db import is_sqlite
 from storage.models import conversations, identities, messages, outbox_items
-from storage.repositories import add_touchpoint, buffered_touchpoints
+from storage.repositories import add_touchpoint
+from storage.unit_of_work import unit_of_work
 
 log = logging.getLogger("loket.dispatcher")
+
+EXPIRY_CHECK_SECONDS = 5.0
 
 _MARK_SENT = (
     update(outbox_items)
@@ -40,6 +44,64 @@ _MESSAGE_SENT = (
     .where(messages.c.id == bindparam("pk"))
     .values(status=bindparam("st"), channel_message_id=bindparam("pid"), sent_at=bindparam("now"),
             delivered_at=bindparam("dlv"), error=None)
+)
+
+
+_EARLIER = outbox_items.alias("earlier")
+# only the oldest unsent row of each conversation key: its messages go out in order
+_HEAD_OF_KEY = ~exists().where(
+    _EARLIER.c.key == outbox_items.c.key,
+    _EARLIER.c.status.in_(("pending", "sending")),
+    _EARLIER.c.id < outbox_items.c.id,
+)
+# Due rows in id order (index status, id), each checked with one seek (index key, status, id); the cost
+# follows the batch, not the backlog.
+_CLAIMABLE_SQLITE = (
+    select(outbox_items.c.id)
+    .where(outbox_items.c.status == "pending", outbox_items.c.next_attempt_at <= bindparam("now"), _HEAD_OF_KEY)
+    .order_by(outbox_items.c.id)
+    .limit(bindparam("n"))
+)
+# claims whose lease ran out (their process died or hung): looked for every few seconds, not on every claim
+_EXPIRED_SQLITE = (
+    select(outbox_items.c.id)
+    .where(outbox_items.c.status == "sending", outbox_items.c.locked_until < bindparam("now"), _HEAD_OF_KEY)
+    .order_by(outbox_items.c.id)
+    .limit(bindparam("n"))
+)
+_EXPIRED_PG = _EXPIRED_SQLITE.with_for_update(skip_locked=True, of=outbox_items)
+_CLAIMABLE_PG = _CLAIMABLE_SQLITE.with_for_update(skip_locked=True, of=outbox_items)
+_MARK_CLAIMED = (
+    update(outbox_items)
+    .where(outbox_items.c.id.in_(bindparam("ids", expanding=True)))
+    .values(status="sending", locked_by=bindparam("by"), locked_until=bindparam("until"),
+            attempts=outbox_items.c.attempts + 1)
+)
+_CLAIMED_ROWS = (
+    select(
+        outbox_items.c.id.label("outbox_id"),
+        outbox_items.c.attempts,
+        outbox_items.c.created_at.label("queued_at"),
+        messages.c.id.label("message_id"),
+        messages.c.conversation_id,
+        messages.c.customer_id,
+        messages.c.channel,
+        messages.c.meta,
+        messages.c.body,
+        identities.c.address,
+        identities.c.meta.label("identity_meta"),
+        identities.c.last_inbound_at,
+        identities.c.unreachable,
+        identities.c.id.label("identity_id"),
+        conversations.c.meta.label("conversation_meta"),
+    )
+    .select_from(
+        outbox_items.join(messages, messages.c.id == outbox_items.c.message_id)
+        .join(conversations, conversations.c.id == messages.c.conversation_id)
+        .join(identities, identities.c.id == conversations.c.identity_id)
+    )
+    .where(outbox_items.c.id.in_(bindparam("ids", expanding=True)))
+    .order_by(outbox_items.c.id)
 )
 
 
@@ -84,6 +146,8 @@ class Dispatcher:
         self._in_flight: set[asyncio.Task[None]] = set()
         self._results: asyncio.Queue[tuple[dict[str, Any], Any] | None] = asyncio.Queue()
         self._stopping = False
+        self._running = False
+        self._next_expiry_check = 0.0
         self.sent = 0
         # Observers of recorded results (metrics): fn(row, outcome "sent" | "retry" | "failed", now).
         self.on_result: list[Callable[[dict[str, Any], str, Any], None]] = []
@@ -128,6 +192,7 @@ class Dispatcher:
         except Exception:  # noqa: BLE001 - the leases expire anyway
             log.exception("could not check for sends held by crashed processes")
         recorder = asyncio.create_task(self._record_loop(), name="dispatch-recorder")
+        self._running = True
         try:
             while not self._stopping:
                 free = self.max_in_flight - len(self._in_flight)
@@ -141,10 +206,7 @@ class Dispatcher:
                         log.exception("outbox claim failed; retrying")
                         await asyncio.sleep(0.5)
                         continue
-                for row in claimed:
-                    task = asyncio.create_task(self._send_one(row))
-                    self._in_flight.add(task)
-                    task.add_done_callback(self._in_flight.discard)
+                self._start(claimed)
                 if not claimed:
                     self.wakeup.clear()
                     try:
@@ -161,63 +223,43 @@ class Dispatcher:
             except (TimeoutError, asyncio.CancelledError):
                 recorder.cancel()
 
+    def _start(self, rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            task = asyncio.create_task(self._send_one(row))
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+
+    @property
+    def running(self) -> bool:
+        return self._running and not self._stopping
+
+    def room(self) -> int:
+        """How many more sends this dispatcher takes now (the router hands it rows it claimed for it)."""
+        return max(0, self.max_in_flight - len(self._in_flight)) if self.running else 0
+
+    def take(self, rows: list[dict[str, Any]]) -> None:
+        """Send rows another part of this process already claimed for this dispatcher (``locked_by`` is our id),
+        in the same transaction that wrote them: no claim round trip, no wait for the next poll. If the process
+        dies first, they are claimed rows of a dead process and go out after a restart (``recover_orphans``)."""
+        self._start(rows)
+
     async def claim(self, limit: int) -> list[dict[str, Any]]:
         now = self.clock.now()
-        o2 = outbox_items.alias("earlier")
-        due = or_(
-            and_(outbox_items.c.status == "pending", outbox_items.c.next_attempt_at <= now),
-            and_(outbox_items.c.status == "sending", outbox_items.c.locked_until < now),
-        )
-        head_of_key = ~exists().where(
-            o2.c.key == outbox_items.c.key,
-            o2.c.id < outbox_items.c.id,
-            o2.c.status.in_(("pending", "sending")),
-        )
         async with self.engine.begin() as conn:
-            q = select(outbox_items.c.id).where(due, head_of_key).order_by(outbox_items.c.id).limit(limit)
-            if not is_sqlite(conn):
-                q = q.with_for_update(skip_locked=True, of=outbox_items)
-            ids = [r[0] for r in (await conn.execute(q)).all()]
+            sqlite = is_sqlite(conn)
+            ids: list[int] = []
+            if time.monotonic() >= self._next_expiry_check:
+                self._next_expiry_check = time.monotonic() + min(EXPIRY_CHECK_SECONDS,
+                                                                 self.lease.total_seconds() / 2)
+                stmt = _EXPIRED_SQLITE if sqlite else _EXPIRED_PG
+                ids = [r[0] for r in (await conn.execute(stmt, {"now": now, "n": limit})).all()]
+            if len(ids) < limit:
+                stmt = _CLAIMABLE_SQLITE if sqlite else _CLAIMABLE_PG
+                ids += [r[0] for r in (await conn.execute(stmt, {"now": now, "n": limit - len(ids)})).all()]
             if not ids:
                 return []
-            await conn.execute(
-                update(outbox_items)
-                .where(outbox_items.c.id.in_(ids))
-                .values(
-                    status="sending",
-                    locked_by=self.worker_id,
-                    locked_until=now + self.lease,
-                    attempts=outbox_items.c.attempts + 1,
-                )
-            )
-            rows = (
-                await conn.execute(
-                    select(
-                        outbox_items.c.id.label("outbox_id"),
-                        outbox_items.c.attempts,
-                        outbox_items.c.created_at.label("queued_at"),
-                        messages.c.id.label("message_id"),
-                        messages.c.conversation_id,
-                        messages.c.customer_id,
-                        messages.c.channel,
-                        messages.c.meta,
-                        messages.c.body,
-                        identities.c.address,
-                        identities.c.meta.label("identity_meta"),
-                        identities.c.last_inbound_at,
-                        identities.c.unreachable,
-                        identities.c.id.label("identity_id"),
-                        conversations.c.meta.label("conversation_meta"),
-                    )
-                    .select_from(
-                        outbox_items.join(messages, messages.c.id == outbox_items.c.message_id)
-                        .join(conversations, conversations.c.id == messages.c.conversation_id)
-                        .join(identities, identities.c.id == conversations.c.identity_id)
-                    )
-                    .where(outbox_items.c.id.in_(ids))
-                    .order_by(outbox_items.c.id)
-                )
-            ).mappings().all()
+            await conn.execute(_MARK_CLAIMED, {"ids": ids, "by": self.worker_id, "until": now + self.lease})
+            rows = (await conn.execute(_CLAIMED_ROWS, {"ids": ids})).mappings().all()
         return [dict(r) for r in rows]
 
     def _outbound(self, row: dict[str, Any]) -> OutboundMessage:
@@ -290,7 +332,7 @@ class Dispatcher:
         now = self.clock.now()
         events: list[tuple[str, dict[str, Any]]] = []
         outcomes: list[tuple[dict[str, Any], str]] = []
-        async with self.engine.begin() as conn, buffered_touchpoints(conn):
+        async with self.engine.begin() as conn, unit_of_work(conn):
             sent = [(row, r) for row, r in batch if isinstance(r, ProviderReceipt)]
             if sent:
                 await conn.execute(_MARK_SENT, [

@@ -41,9 +41,13 @@ class InboundMessage:
         return f"{self.channel}:{self.address}"
 
     def to_payload(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["attachments"] = [asdict(a) for a in self.attachments]
-        return data
+        # written out (not dataclasses.asdict, which deep-copies every value): this runs for every message
+        return {
+            "channel": self.channel, "address": self.address, "provider_message_id": self.provider_message_id,
+            "text": self.text, "button_payload": self.button_payload, "display_name": self.display_name,
+            "language_hint": self.language_hint, "attachments": [a.to_dict() for a in self.attachments],
+            "kind": self.kind, "meta": self.meta,
+        }
 
     @classmethod
     def from_payload(cls, data: dict[str, Any]) -> InboundMessage:

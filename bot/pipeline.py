@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, text, update
+from sqlalchemy import bindparam, exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bot.clock import Clock, aware
@@ -39,19 +39,14 @@ from bot.router import ConversationView, CustomerView, RouteContext, Router
 from bot.texts import detect_language
 from storage.db import insert_ignore, is_sqlite
 from storage.models import conversations, customers, identities, inbox_items, messages, outbox_items, teams
-from storage.repositories import add_touchpoint, buffered_touchpoints, find_or_create_customer
+from storage.repositories import add_touchpoint, find_identities, find_or_create_customer
+from storage.unit_of_work import current as current_uow
+from storage.unit_of_work import insert, unit_of_work, update_row
 
 log = logging.getLogger("loket.pipeline")
 
 MAX_ITEM_ATTEMPTS = 5
 
-# Hot-path statements, built once (constructing SQLAlchemy statements per message costs more than running them).
-_INSERT_MESSAGE = messages.insert().returning(messages.c.id)
-_INSERT_OUTBOX = outbox_items.insert()
-_INSERT_CONVERSATION = conversations.insert().returning(conversations.c.id)
-_UPDATE_IDENTITY = update(identities).where(identities.c.id == bindparam("pk"))
-_UPDATE_CUSTOMER = update(customers).where(customers.c.id == bindparam("pk"))
-_UPDATE_CONVERSATION = update(conversations).where(conversations.c.id == bindparam("pk"))
 _LAST_CHOICES = (
     select(messages.c.choices)
     .where(messages.c.conversation_id == conversations.c.id, messages.c.direction == "out")
@@ -60,11 +55,32 @@ _LAST_CHOICES = (
     .scalar_subquery()
     .label("last_choices")
 )
-_OPEN_CONVERSATION = (
-    select(conversations, _LAST_CHOICES)
-    .where(conversations.c.identity_id == bindparam("identity_id"))
-    .order_by(conversations.c.id.desc())
-    .limit(1)
+_LATEST_CONVERSATIONS = select(conversations, _LAST_CHOICES).where(
+    conversations.c.id.in_(
+        select(func.max(conversations.c.id))
+        .where(conversations.c.identity_id.in_(bindparam("ids", expanding=True)))
+        .group_by(conversations.c.identity_id)
+    )
+)
+_EARLIER_IN = inbox_items.alias("earlier")
+# The oldest pending item of each key: pending rows in id order (index status, id), each checked with one
+# seek (index key, status, id) for an older pending item of its key. Stops after ``n``: the cost follows the
+# batch, not the backlog.
+_CLAIM_SQLITE = (
+    select(inbox_items.c.id, inbox_items.c.key, inbox_items.c.payload, inbox_items.c.attempts)
+    .where(
+        inbox_items.c.status == "pending",
+        ~exists().where(_EARLIER_IN.c.key == inbox_items.c.key, _EARLIER_IN.c.status == "pending",
+                        _EARLIER_IN.c.id < inbox_items.c.id),
+    )
+    .order_by(inbox_items.c.id)
+    .limit(bindparam("n"))
+)
+_CLAIM_PG = _CLAIM_SQLITE.with_for_update(skip_locked=True, of=inbox_items)
+_MARK_DONE = (
+    update(inbox_items)
+    .where(inbox_items.c.id.in_(bindparam("ids", expanding=True)))
+    .values(status="done", processed_at=bindparam("now"), attempts=inbox_items.c.attempts + 1)
 )
 
 
@@ -125,25 +141,27 @@ class InboxWriter:
 
     async def _write(self, batch: list[InboundMessage]) -> list[bool]:
         now = self.clock.now()
-        results: list[bool] = []
-        async with self.engine.begin() as conn:
-            seen: set[tuple[str, str]] = set()
-            for msg in batch:
-                ident = (msg.channel, msg.provider_message_id)
-                if ident in seen:
-                    results.append(False)
-                    continue
+        rows: list[dict[str, Any]] = []
+        seen: set[tuple[str, str]] = set()
+        for msg in batch:
+            ident = (msg.channel, msg.provider_message_id)
+            if ident not in seen:
                 seen.add(ident)
-                if self._insert is None:
-                    self._insert = insert_ignore(conn, inbox_items).returning(inbox_items.c.id)
-                row = await conn.execute(
-                    self._insert,
-                    {"channel": msg.channel, "provider_message_id": msg.provider_message_id, "key": msg.key,
-                     "payload": msg.to_payload(), "status": "pending", "attempts": 0, "last_error": None,
-                     "received_at": now, "processed_at": None},
+                rows.append({"channel": msg.channel, "provider_message_id": msg.provider_message_id, "key": msg.key,
+                             "payload": msg.to_payload(), "status": "pending", "attempts": 0, "last_error": None,
+                             "received_at": now, "processed_at": None})
+        async with self.engine.begin() as conn:
+            if self._insert is None:
+                self._insert = insert_ignore(conn, inbox_items).returning(
+                    inbox_items.c.channel, inbox_items.c.provider_message_id
                 )
-                results.append(row.first() is not None)
+            stored = {(r[0], r[1]) for r in (await conn.execute(self._insert, rows)).all()}
         fault("after_inbox_commit")
+        results: list[bool] = []
+        for msg in batch:
+            ident = (msg.channel, msg.provider_message_id)
+            results.append(ident in stored)
+            stored.discard(ident)  # a second copy in the same batch is the duplicate
         if any(results):
             self.on_commit()
         return results
@@ -169,6 +187,87 @@ class ApplyContext:
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     route: RouteContext | None = None
     created: list[int] = field(default_factory=list)  # outbound message ids written in this transaction
+    handoff: Handoff | None = None
+    claimed: list[tuple[int, int, dict[str, Any], Any]] = field(default_factory=list)  # for the handoff
+    # The conversation and customer rows as this transaction last saw them, and the unit of work's count of
+    # other writes at that moment: while no other statement wrote anything, they need not be read again.
+    _rows: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _rows_seen: int = -1
+
+    def remember(self, **rows: dict[str, Any]) -> None:
+        uow = current_uow(self.conn)
+        if uow is not None:
+            self._rows.update(rows)
+            self._rows_seen = uow.other_writes
+
+    def _fresh(self, name: str) -> dict[str, Any] | None:
+        uow = current_uow(self.conn)
+        if uow is None or uow.other_writes != self._rows_seen:
+            return None
+        return self._rows.get(name)
+
+    async def conversation_row(self) -> dict[str, Any]:
+        row = self._fresh("conversation")
+        if row is None:
+            row = dict((await self.conn.execute(
+                select(conversations).where(conversations.c.id == self.conversation_id)
+            )).mappings().one())
+            self.remember(conversation=row)
+        return row
+
+    async def customer_row(self) -> dict[str, Any]:
+        row = self._fresh("customer")
+        if row is None:
+            row = dict((await self.conn.execute(
+                select(customers).where(customers.c.id == self.customer_id)
+            )).mappings().one())
+            self.remember(customer=row)
+        return row
+
+    async def update_conversation(self, values: dict[str, Any]) -> None:
+        await update_row(self.conn, conversations, self.conversation_id, values)
+        row = self._fresh("conversation")
+        if row is not None:
+            row.update(values)
+
+    async def update_customer(self, values: dict[str, Any]) -> None:
+        await update_row(self.conn, customers, self.customer_id, values)
+        row = self._fresh("customer")
+        if row is not None:
+            row.update(values)
+
+
+_UNKNOWN: Any = object()  # "the caller did not look the conversation up"
+_BUSY_KEYS = (
+    select(outbox_items.c.key)
+    .where(outbox_items.c.key.in_(bindparam("keys", expanding=True)),
+           outbox_items.c.status.in_(("pending", "sending")))
+    .distinct()
+)
+
+
+@dataclass
+class Handoff:
+    """Replies claimed for this process's dispatcher in the transaction that writes them (see ``Pipeline.send``)."""
+
+    worker_id: str
+    until: Any
+    room: int
+    busy: set[str]  # ordering keys with an unsent older reply: their new replies wait their turn in the outbox
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    waiting: int = 0  # replies written as pending for the dispatcher's next claim
+
+
+@dataclass
+class _Routing:
+    """One inbound message on its way through ``handle_batch``."""
+
+    msg: InboundMessage
+    events: list[tuple[str, dict[str, Any]]]
+    lang_guess: str | None
+    identity: dict[str, Any]
+    customer: dict[str, Any]
+    customer_new: bool
 
 
 class Pipeline:
@@ -183,59 +282,99 @@ class Pipeline:
         self.pre_route_hooks: list[PreRouteHook] = []
         self.event_sinks: list[Callable[[AsyncConnection, str, dict[str, Any], Any], Awaitable[None]]] = []
         self.reopen_window = timedelta(hours=24)
+        self.dispatcher: Any = None  # this process's dispatcher, when it runs one: replies are handed to it
+
+    async def handoff_for(self, conn: AsyncConnection, keys: list[str], now: Any) -> Handoff | None:
+        """A handoff for a routing batch, if this process dispatches and has room."""
+        d = self.dispatcher
+        room = d.room() if d is not None else 0
+        if room <= 0:
+            return None
+        busy = {r[0] for r in (await conn.execute(_BUSY_KEYS, {"keys": keys})).all()} if keys else set()
+        return Handoff(worker_id=d.worker_id, until=now + d.lease, room=room, busy=busy)
 
     # ---------------------------------------------------------------- conversations
+    async def latest_conversations(self, conn: AsyncConnection, identity_ids: list[int]) -> dict[int, dict[str, Any]]:
+        """Each identity's newest conversation (with the choices of its last bot message), in one query."""
+        if not identity_ids:
+            return {}
+        rows = (await conn.execute(_LATEST_CONVERSATIONS, {"ids": identity_ids})).mappings().all()
+        return {r["identity_id"]: dict(r) for r in rows}
+
     async def open_conversation(
-        self, conn: AsyncConnection, identity: dict[str, Any], customer: dict[str, Any], now: Any
+        self, conn: AsyncConnection, identity: dict[str, Any], customer: dict[str, Any], now: Any,
+        latest: dict[str, Any] | None = _UNKNOWN,
     ) -> tuple[dict[str, Any], bool, bool]:
-        """The identity's open conversation, a reopened one, or a new one: (row, is_new, reopened)."""
-        row = (await conn.execute(_OPEN_CONVERSATION, {"identity_id": identity["id"]})).mappings().first()
+        """The identity's open conversation, a reopened one, or a new one: (row, is_new, reopened).
+
+        ``latest`` is the identity's newest conversation when the caller has read it already (None: it has none).
+        """
+        if latest is _UNKNOWN:
+            latest = (await self.latest_conversations(conn, [identity["id"]])).get(identity["id"])
+        row = latest
         if row is not None and row["state"] != "resolved":
             return {**row}, False, False
         if row is not None and row["resolved_at"] is not None and now - aware(row["resolved_at"]) <= self.reopen_window:
-            await conn.execute(
-                update(conversations)
-                .where(conversations.c.id == row["id"])
-                .values(state="bot", resolved_at=None, updated_at=now, flow=None)
-            )
+            values = {"state": "bot", "resolved_at": None, "updated_at": now, "flow": None}
+            await update_row(conn, conversations, row["id"], values)
             await add_touchpoint(
                 conn, customer_id=customer["id"], conversation_id=row["id"], kind="state_changed", now=now,
                 channel=identity["channel"], payload={"from": "resolved", "to": "bot", "reason": "customer_returned"},
             )
-            reopened = (
-                await conn.execute(select(conversations).where(conversations.c.id == row["id"]))
-            ).mappings().one()
-            return {**reopened, "last_choices": row["last_choices"]}, False, True
-        conv_id = (
-            await conn.execute(
-                _INSERT_CONVERSATION,
-                {"customer_id": customer["id"], "identity_id": identity["id"], "channel": identity["channel"],
-                 "state": "bot", "language": None, "priority": "normal", "labels": [], "meta": {},
-                 "created_at": now, "updated_at": now},
-            )
-        ).scalar_one()
+            return {**row, **values}, False, True
+        fresh: dict[str, Any] = {c.name: None for c in conversations.c}
+        fresh.update({
+            "customer_id": customer["id"], "identity_id": identity["id"], "channel": identity["channel"],
+            "state": "bot", "language": None, "priority": "normal", "labels": [], "meta": {},
+            "created_at": now, "updated_at": now,
+        })
+        del fresh["id"]
+        conv_id = await insert(conn, conversations, dict(fresh), want_id=True)
         await add_touchpoint(
             conn, customer_id=customer["id"], conversation_id=conv_id, kind="conversation_opened", now=now,
             channel=identity["channel"], payload={},
         )
-        fresh: dict[str, Any] = {c.name: None for c in conversations.c}
-        fresh.update({
-            "id": conv_id, "customer_id": customer["id"], "identity_id": identity["id"],
-            "channel": identity["channel"], "state": "bot", "flow": None, "language": None, "team_id": None,
-            "assignee_id": None, "priority": "normal", "labels": [], "handover": None, "meta": {},
-            "last_choices": [], "created_at": now, "updated_at": now,
-        })
-        return fresh, True, False
+        return {**fresh, "id": conv_id, "last_choices": []}, True, False
 
     # ---------------------------------------------------------------- inbound
     async def handle_inbound(
         self, conn: AsyncConnection, msg: InboundMessage, events: list[tuple[str, dict[str, Any]]]
     ) -> Decision:
+        return (await self.handle_batch(conn, [msg], [events]))[0]
+
+    async def handle_batch(
+        self, conn: AsyncConnection, msgs: list[InboundMessage], events: list[list[tuple[str, dict[str, Any]]]],
+        handoff: Handoff | None = None,
+    ) -> list[Decision]:
+        """Route messages of *different* conversations (one per ordering key) in one transaction.
+
+        The reads are shared (one query for all identities, one for all conversations, made after the
+        pre-route hooks so they see what the hooks changed); inside a unit of work the writes are too.
+        ``events[i]`` receives message i's domain events; with a ``handoff``, replies are claimed for this
+        process's dispatcher (the caller hands ``handoff.rows`` to it after the commit).
+        """
         now = self.clock.now()
+        uow = current_uow(conn)
+        if uow is not None:
+            uow.expect[messages] = 2 * len(msgs)  # each message in, and usually one reply
+        known = await find_identities(conn, [(m.channel, m.address) for m in msgs])
+        pending: list[_Routing] = []
+        for msg, item_events in zip(msgs, events, strict=True):
+            pending.append(await self._who(conn, msg, item_events, known, now))
+        latest = await self.latest_conversations(
+            conn, [p.identity["id"] for p in pending if not p.customer_new]
+        )
+        return [await self._route(conn, p, latest.get(p.identity["id"]), now, handoff) for p in pending]
+
+    async def _who(
+        self, conn: AsyncConnection, msg: InboundMessage, events: list[tuple[str, dict[str, Any]]],
+        known: dict[tuple[str, str], tuple[dict[str, Any], dict[str, Any]]], now: Any,
+    ) -> _Routing:
+        """The sender's identity and customer record (created if new), after the pre-route hooks."""
         lang_guess = msg.language_hint if msg.language_hint in {"id", "en"} else detect_language(msg.text)
         identity, customer, cust_new = await find_or_create_customer(
             conn, channel=msg.channel, address=msg.address, now=now,
-            display_name=msg.display_name, language=lang_guess,
+            display_name=msg.display_name, language=lang_guess, known=known,
         )
         changed = False
         for hook in self.pre_route_hooks:
@@ -254,7 +393,7 @@ class Pipeline:
             ident_values: dict[str, Any] = {"last_inbound_at": now, "unreachable": False, "unreachable_reason": None}
             if msg.display_name and msg.display_name != identity["display_name"]:
                 ident_values["display_name"] = msg.display_name
-            await conn.execute(_UPDATE_IDENTITY, {"pk": identity["id"], **ident_values})
+            await update_row(conn, identities, identity["id"], ident_values)
             identity = {**identity, **ident_values}
         last_seen = aware(customer["last_seen_at"])
         name_missing = bool(msg.display_name and not customer["display_name"])
@@ -262,34 +401,34 @@ class Pipeline:
             cust_values: dict[str, Any] = {"last_seen_at": now}
             if name_missing:
                 cust_values["display_name"] = msg.display_name
-                customer["display_name"] = msg.display_name
-            await conn.execute(_UPDATE_CUSTOMER, {"pk": customer["id"], **cust_values})
+            await update_row(conn, customers, customer["id"], cust_values)
+            customer = {**customer, **cust_values}
+        return _Routing(msg, events, lang_guess, identity, customer, cust_new)
 
-        conv, conv_new, reopened = await self.open_conversation(conn, identity, customer, now)
-        if conv_new and lang_guess and not conv["language"]:
-            conv["language"] = lang_guess if cust_new or msg.language_hint else customer["language"]
-        in_id = (
-            await conn.execute(
-                _INSERT_MESSAGE,
-                {"conversation_id": conv["id"], "customer_id": customer["id"], "channel": msg.channel,
-                 "direction": "in", "author": "customer", "agent_id": None, "body": msg.text, "choices": [],
-                 "attachments": [a.to_dict() for a in msg.attachments], "purpose": msg.kind,
-                 "channel_message_id": msg.provider_message_id, "status": "received", "error": None,
-                 "meta": {"button_payload": msg.button_payload, **msg.meta} if msg.button_payload or msg.meta else {},
-                 "created_at": now, "sent_at": None, "delivered_at": None},
-            )
-        ).scalar_one()
+    async def _route(self, conn: AsyncConnection, p: _Routing, latest: dict[str, Any] | None, now: Any,
+                     handoff: Handoff | None = None) -> Decision:
+        msg, identity, customer, cust_new = p.msg, p.identity, p.customer, p.customer_new
+        conv, conv_new, reopened = await self.open_conversation(conn, identity, customer, now, latest=latest)
+        if conv_new and p.lang_guess and not conv["language"]:
+            conv["language"] = p.lang_guess if cust_new or msg.language_hint else customer["language"]
+        in_id = await insert(conn, messages, {
+            "conversation_id": conv["id"], "customer_id": customer["id"], "channel": msg.channel,
+            "direction": "in", "author": "customer", "agent_id": None, "body": msg.text, "choices": [],
+            "attachments": [a.to_dict() for a in msg.attachments], "purpose": msg.kind,
+            "channel_message_id": msg.provider_message_id, "status": "received", "error": None,
+            "meta": {"button_payload": msg.button_payload, **msg.meta} if msg.button_payload or msg.meta else {},
+            "created_at": now, "sent_at": None, "delivered_at": None,
+        }, want_id=True)
         await add_touchpoint(
             conn, customer_id=customer["id"], conversation_id=conv["id"], message_id=in_id, kind="message_in",
             now=now, channel=msg.channel, actor="customer",
             payload={"text": msg.text[:2000], "kind": msg.kind, "button": msg.button_payload,
                      "attachments": len(msg.attachments)},
         )
-        await conn.execute(
-            _UPDATE_CONVERSATION, {"pk": conv["id"], "last_message_at": now, "updated_at": now,
-                                   "language": conv["language"]}
-        )
-        events.append((
+        conv_values = {"last_message_at": now, "updated_at": now, "language": conv["language"]}
+        await update_row(conn, conversations, conv["id"], conv_values)
+        conv.update(conv_values)
+        p.events.append((
             "message.created",
             {"message_id": in_id, "conversation_id": conv["id"], "customer_id": customer["id"],
              "direction": "in", "author": "customer", "channel": msg.channel, "text": msg.text[:2000]},
@@ -314,10 +453,30 @@ class Pipeline:
         )
         decision = await self.router.route(ctx)
         actx = ApplyContext(conn=conn, now=now, customer_id=customer["id"], conversation_id=conv["id"],
-                            identity=identity, channel=msg.channel, message_id=in_id, events=events, route=ctx)
+                            identity=identity, channel=msg.channel, message_id=in_id, events=p.events, route=ctx,
+                            handoff=handoff)
+        actx.remember(conversation=conv, customer=customer)
         await self.apply(actx, decision.effects, state_before=conv["state"])
-        await self.run_sinks(conn, events, now)
+        await self.run_sinks(conn, p.events, now)
+        if actx.claimed:
+            await self._hand_over(actx)
         return decision
+
+    async def _hand_over(self, actx: ApplyContext) -> None:
+        """The dispatcher's view of the replies claimed for it, as ``Dispatcher.claim`` would have read them
+        (after the event sinks, which may have added threading headers to the conversation)."""
+        assert actx.handoff is not None
+        conv_meta = (await actx.conversation_row())["meta"]
+        ident = actx.identity
+        for outbox_id, msg_id, reply, now in actx.claimed:
+            actx.handoff.rows.append({
+                "outbox_id": outbox_id, "attempts": 1, "queued_at": now, "message_id": msg_id,
+                "conversation_id": actx.conversation_id, "customer_id": actx.customer_id, "channel": actx.channel,
+                "meta": {"reply": reply}, "body": reply["text"], "address": ident["address"],
+                "identity_meta": ident["meta"], "last_inbound_at": ident["last_inbound_at"],
+                "unreachable": ident["unreachable"], "identity_id": ident["id"], "conversation_meta": conv_meta,
+            })
+        actx.claimed.clear()
 
     # ---------------------------------------------------------------- effects
     async def apply(self, actx: ApplyContext, effects: list[Effect], state_before: str | None = None) -> None:
@@ -341,9 +500,7 @@ class Pipeline:
                     values["resolved_at"] = now
                 if eff.state == "bot":
                     values["assignee_id"] = None
-                await conn.execute(
-                    update(conversations).where(conversations.c.id == actx.conversation_id).values(**values)
-                )
+                await actx.update_conversation(values)
                 await add_touchpoint(
                     conn, customer_id=actx.customer_id, conversation_id=actx.conversation_id, kind="state_changed",
                     now=now, channel=actx.channel, actor="bot",
@@ -356,9 +513,7 @@ class Pipeline:
                 ))
                 state = eff.state
             elif isinstance(eff, SetFlow):
-                await conn.execute(
-                    update(conversations).where(conversations.c.id == actx.conversation_id).values(flow=eff.position)
-                )
+                await actx.update_conversation({"flow": eff.position})
             elif isinstance(eff, Touch):
                 await add_touchpoint(
                     conn, customer_id=actx.customer_id, conversation_id=actx.conversation_id,
@@ -366,9 +521,9 @@ class Pipeline:
                     payload=eff.payload,
                 )
             elif isinstance(eff, UpdateCustomer):
-                await self._update_customer(conn, actx, eff)
+                await self._update_customer(actx, eff)
             elif isinstance(eff, UpdateConversation):
-                await self._update_conversation(conn, actx, eff)
+                await self._update_conversation(actx, eff)
             elif isinstance(eff, Emit):
                 actx.events.append((eff.name, {"conversation_id": actx.conversation_id,
                                                "customer_id": actx.customer_id, **eff.payload}))
@@ -386,8 +541,8 @@ class Pipeline:
             for sink in self.event_sinks:
                 await sink(conn, name, payload, now)
 
-    async def _update_customer(self, conn: AsyncConnection, actx: ApplyContext, eff: UpdateCustomer) -> None:
-        cust = (await conn.execute(select(customers).where(customers.c.id == actx.customer_id))).mappings().one()
+    async def _update_customer(self, actx: ApplyContext, eff: UpdateCustomer) -> None:
+        cust = await actx.customer_row()
         values: dict[str, Any] = {}
         if eff.language:
             values["language"] = eff.language
@@ -400,23 +555,19 @@ class Pipeline:
         if eff.opted_out is not None:
             values["opted_out"] = eff.opted_out
             values["opted_out_at"] = actx.now if eff.opted_out else None
-        if values:
-            await conn.execute(update(customers).where(customers.c.id == actx.customer_id).values(**values))
+        await actx.update_customer(values)
         if eff.language:
-            await conn.execute(
-                update(conversations).where(conversations.c.id == actx.conversation_id).values(language=eff.language)
-            )
+            await actx.update_conversation({"language": eff.language})
 
-    async def _update_conversation(self, conn: AsyncConnection, actx: ApplyContext, eff: UpdateConversation) -> None:
-        conv = (
-            await conn.execute(select(conversations).where(conversations.c.id == actx.conversation_id))
-        ).mappings().one()
+    async def _update_conversation(self, actx: ApplyContext, eff: UpdateConversation) -> None:
+        conv = await actx.conversation_row()
         values: dict[str, Any] = {"updated_at": actx.now}
         if eff.priority and eff.priority != conv["priority"]:
             values["priority"] = eff.priority
             await add_touchpoint(
-                conn, customer_id=actx.customer_id, conversation_id=actx.conversation_id, kind="priority_changed",
-                now=actx.now, channel=actx.channel, payload={"from": conv["priority"], "to": eff.priority},
+                actx.conn, customer_id=actx.customer_id, conversation_id=actx.conversation_id,
+                kind="priority_changed", now=actx.now, channel=actx.channel,
+                payload={"from": conv["priority"], "to": eff.priority},
             )
         if eff.add_labels:
             values["labels"] = sorted(set(conv["labels"] or []) | set(eff.add_labels))
@@ -424,29 +575,42 @@ class Pipeline:
             values["language"] = eff.language
         if eff.meta:
             values["meta"] = {**(conv["meta"] or {}), **eff.meta}
-        await conn.execute(update(conversations).where(conversations.c.id == actx.conversation_id).values(**values))
+        await actx.update_conversation(values)
 
     async def send(self, actx: ApplyContext, reply: Reply) -> int:
         """Write an outbound message and its outbox row (same transaction as the decision)."""
         conn, now = actx.conn, actx.now
-        msg_id = (
-            await conn.execute(
-                _INSERT_MESSAGE,
-                {"conversation_id": actx.conversation_id, "customer_id": actx.customer_id,
-                 "channel": actx.channel, "direction": "out", "author": reply.author, "agent_id": reply.agent_id,
-                 "body": reply.text, "choices": [c.to_dict() for c in reply.choices],
-                 "attachments": [a.to_dict() for a in reply.attachments], "purpose": reply.purpose,
-                 "channel_message_id": None, "status": "queued", "error": None,
-                 "meta": {"reply": reply.to_payload()}, "created_at": now, "sent_at": None, "delivered_at": None},
-            )
-        ).scalar_one()
-        await conn.execute(
-            _INSERT_OUTBOX,
-            {"message_id": msg_id, "channel": actx.channel,
-             "key": f"{actx.identity['channel']}:{actx.identity['address']}", "status": "pending", "attempts": 0,
-             "next_attempt_at": now, "locked_by": None, "locked_until": None, "last_error": None,
-             "provider_message_id": None, "created_at": now, "sent_at": None},
-        )
+        payload = reply.to_payload()
+        msg_id = await insert(conn, messages, {
+            "conversation_id": actx.conversation_id, "customer_id": actx.customer_id,
+            "channel": actx.channel, "direction": "out", "author": reply.author, "agent_id": reply.agent_id,
+            "body": reply.text, "choices": [c.to_dict() for c in reply.choices],
+            "attachments": [a.to_dict() for a in reply.attachments], "purpose": reply.purpose,
+            "channel_message_id": None, "status": "queued", "error": None,
+            "meta": {"reply": payload}, "created_at": now, "sent_at": None, "delivered_at": None,
+        }, want_id=True)
+        assert msg_id is not None
+        key = f"{actx.identity['channel']}:{actx.identity['address']}"
+        h = actx.handoff
+        if h is not None and h.room > 0 and key not in h.busy:
+            # claimed for this process's dispatcher in the same transaction (as its claim would have done)
+            outbox_id = await insert(conn, outbox_items, {
+                "message_id": msg_id, "channel": actx.channel, "key": key, "status": "sending", "attempts": 1,
+                "next_attempt_at": now, "locked_by": h.worker_id, "locked_until": h.until, "last_error": None,
+                "provider_message_id": None, "created_at": now, "sent_at": None,
+            }, want_id=True)
+            h.room -= 1
+            actx.claimed.append((int(outbox_id or 0), msg_id, payload, now))
+        else:
+            await insert(conn, outbox_items, {
+                "message_id": msg_id, "channel": actx.channel, "key": key, "status": "pending", "attempts": 0,
+                "next_attempt_at": now, "locked_by": None, "locked_until": None, "last_error": None,
+                "provider_message_id": None, "created_at": now, "sent_at": None,
+            })
+            if h is not None:
+                h.waiting += 1
+        if h is not None:
+            h.busy.add(key)  # a second reply in this transaction waits for the first to be sent
         await add_touchpoint(
             conn, customer_id=actx.customer_id, conversation_id=actx.conversation_id, message_id=msg_id,
             kind="message_out", now=now, channel=actx.channel, actor=reply.author if reply.author != "agent"
@@ -524,58 +688,21 @@ class RouterWorker:
         self.wakeup.set()
 
     async def _claim(self, conn: AsyncConnection) -> list[dict[str, Any]]:
-        q = (
-            select(inbox_items.c.id, inbox_items.c.key, inbox_items.c.payload, inbox_items.c.attempts)
-            .where(inbox_items.c.status == "pending")
-            .order_by(inbox_items.c.id)
-            .limit(self.batch_size)
-        )
-        if is_sqlite(conn):
-            return [dict(r) for r in (await conn.execute(q)).mappings().all()]
-        rows = [dict(r) for r in (await conn.execute(q.with_for_update(skip_locked=True))).mappings().all()]
-        claimed: list[dict[str, Any]] = []
-        keys_ok: dict[str, bool] = {}
-        for r in rows:
-            key = r["key"]
-            if key not in keys_ok:
-                got = (
-                    await conn.execute(text("SELECT pg_try_advisory_xact_lock(hashtext(:k))"), {"k": key})
-                ).scalar_one()
-                if got:
-                    # an earlier item of this key held by another worker: wait for it (order)
-                    earlier = (
-                        await conn.execute(
-                            select(func.count())
-                            .select_from(inbox_items)
-                            .where(inbox_items.c.key == key, inbox_items.c.status == "pending",
-                                   inbox_items.c.id < r["id"])
-                        )
-                    ).scalar_one()
-                    got = earlier == 0
-                keys_ok[key] = bool(got)
-            elif keys_ok[key]:
-                # a later item of a key already claimed in this batch: only if nothing pending lies between
-                # (an item in the gap may be row-locked by another worker and skipped by SKIP LOCKED above)
-                mine = [c["id"] for c in claimed if c["key"] == key]
-                gap = (
-                    await conn.execute(
-                        select(func.count())
-                        .select_from(inbox_items)
-                        .where(inbox_items.c.key == key, inbox_items.c.status == "pending",
-                               inbox_items.c.id < r["id"], inbox_items.c.id.not_in(mine))
-                    )
-                ).scalar_one()
-                keys_ok[key] = gap == 0
-            if keys_ok[key]:
-                claimed.append(r)
-        return claimed
+        """The oldest pending item of each ordering key, oldest first: one message per conversation per batch.
+
+        On PostgreSQL the rows are locked with SKIP LOCKED. A key whose oldest item another worker holds is
+        skipped entirely (its later items are not the oldest of their key), so each conversation is routed by
+        one transaction at a time, in arrival order, without any other lock.
+        """
+        stmt = _CLAIM_SQLITE if is_sqlite(conn) else _CLAIM_PG
+        return [dict(r) for r in (await conn.execute(stmt, {"n": self.batch_size})).mappings().all()]
 
     async def process_batch(self) -> int:
         """Route a batch of inbox items in one transaction.
 
-        Fast path: no savepoints. If any item raises, the whole transaction is rolled back and the batch is
-        routed again in safe mode, where each item runs in its own savepoint so one poisoned message cannot
-        hold up the rest (it is retried a few times, then marked ``failed`` for a supervisor to see).
+        Fast path: one unit of work, no savepoints. If any item raises, the whole transaction is rolled back
+        and the batch is routed again in safe mode, where each item runs in its own savepoint so one poisoned
+        message cannot hold up the rest (it is retried a few times, then marked ``failed`` for a supervisor).
         """
         try:
             return await self._process(safe=self._safe_next)
@@ -586,56 +713,52 @@ class RouterWorker:
     async def _process(self, safe: bool) -> int:
         events: list[tuple[str, dict[str, Any]]] = []
         failures = 0
-        sends = 0
+        handoff: Handoff | None = None
         async with self.engine.begin() as conn:
             items = await self._claim(conn)
             if not items:
                 self._safe_next = False
                 return 0
+            msgs = [InboundMessage.from_payload(item["payload"]) for item in items]
             done_ids: list[int] = []
-            blocked_keys: set[str] = set()
-            async with buffered_touchpoints(conn):
-                for item in items:
-                    if item["key"] in blocked_keys:
-                        continue  # an earlier message of this conversation failed: keep the order
+            if not safe:
+                per_item: list[list[tuple[str, dict[str, Any]]]] = [[] for _ in items]
+                try:
+                    async with unit_of_work(conn):
+                        handoff = await self.pipeline.handoff_for(conn, [i["key"] for i in items],
+                                                                  self.pipeline.clock.now())
+                        await self.pipeline.handle_batch(conn, msgs, per_item, handoff)
+                except Exception as exc:
+                    raise _BatchNeedsSafeMode from exc
+                done_ids = [item["id"] for item in items]
+                for item_events in per_item:
+                    events.extend(item_events)
+            else:
+                for item, msg in zip(items, msgs, strict=True):
                     item_events: list[tuple[str, dict[str, Any]]] = []
-                    msg = InboundMessage.from_payload(item["payload"])
-                    if not safe:
-                        try:
-                            decision = await self.pipeline.handle_inbound(conn, msg, item_events)
-                        except Exception as exc:
-                            raise _BatchNeedsSafeMode from exc
-                    else:
-                        try:
-                            async with conn.begin_nested(), buffered_touchpoints(conn):
-                                decision = await self.pipeline.handle_inbound(conn, msg, item_events)
-                        except Exception as exc:  # noqa: BLE001 - isolate one poisoned message from the rest
-                            log.exception("routing inbox item %s failed", item["id"],
-                                          extra={"inbox_item_id": item["id"], "channel": msg.channel})
-                            blocked_keys.add(item["key"])
-                            failures += 1
-                            await self._record_failure(
-                                conn, item, "".join(traceback.format_exception_only(exc)).strip()
-                            )
-                            continue
+                    try:
+                        async with conn.begin_nested(), unit_of_work(conn):
+                            await self.pipeline.handle_inbound(conn, msg, item_events)
+                    except Exception as exc:  # noqa: BLE001 - isolate one poisoned message from the rest
+                        log.exception("routing inbox item %s failed", item["id"],
+                                      extra={"inbox_item_id": item["id"], "channel": msg.channel})
+                        failures += 1
+                        await self._record_failure(conn, item, "".join(traceback.format_exception_only(exc)).strip())
+                        continue
                     done_ids.append(item["id"])
                     events.extend(item_events)
-                    sends += sum(isinstance(e, Send) for e in decision.effects)
             if done_ids:
-                await conn.execute(
-                    update(inbox_items)
-                    .where(inbox_items.c.id.in_(done_ids))
-                    .values(status="done", processed_at=self.pipeline.clock.now(),
-                            attempts=inbox_items.c.attempts + 1)
-                )
+                await conn.execute(_MARK_DONE, {"ids": done_ids, "now": self.pipeline.clock.now()})
             fault("before_route_commit")
         fault("after_route_commit")
         if safe and failures == 0:
             self._safe_next = False
         self.processed += len(items) - failures
+        if handoff is not None and handoff.rows:
+            self.pipeline.dispatcher.take(handoff.rows)
         if events:
             await self.publish(events)
-        if sends or events:
+        if handoff is None or handoff.waiting:
             self.on_outbox()
         return len(items)
 

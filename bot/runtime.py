@@ -65,6 +65,8 @@ class Runtime:
             lease=timedelta(seconds=float(settings.env.get("LOKET_DISPATCH_LEASE_SECONDS", "60"))),
             poll_interval=0.05 if settings.is_sqlite else 0.2,
         )
+        if self.runs_worker:
+            self.pipeline.dispatcher = self.dispatcher  # routed replies go straight to this process's dispatcher
         self.worker = RouterWorker(
             self.engine, self.pipeline, self.events.publish, self.dispatcher.nudge,
             poll_interval=0.05 if settings.is_sqlite else 0.2,

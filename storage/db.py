@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from sqlalchemy import event
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -14,7 +15,14 @@ class DatabaseUnavailable(Exception):
     """The database cannot be reached or opened; the message says what to fix."""
 
 
+def json_dumps(value: Any) -> str:
+    """JSON columns are written with orjson (several times faster than the json module on the hot path)."""
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
 def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
+    kwargs.setdefault("json_serializer", json_dumps)
+    kwargs.setdefault("json_deserializer", orjson.loads)
     if url.startswith("sqlite"):
         from storage.sqlite_inline import dbapi
 

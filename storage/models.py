@@ -187,7 +187,7 @@ class InboxItem(Base):
     __table_args__ = (
         UniqueConstraint("channel", "provider_message_id", name="uq_inbox_provider_id"),
         Index("ix_inbox_status_id", "status", "id"),
-        Index("ix_inbox_key_status", "key", "status"),
+        Index("ix_inbox_key_status", "key", "status", "id"),
     )
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     channel: Mapped[str] = mapped_column(String(16))
@@ -205,11 +205,14 @@ class OutboxItem(Base):
     """Durable outbound work: one row per message to send, claimed by the dispatcher."""
 
     __tablename__ = "outbox_items"
-    __table_args__ = (Index("ix_outbox_status_next", "status", "next_attempt_at"),)
+    __table_args__ = (
+        Index("ix_outbox_status_id", "status", "id"),
+        Index("ix_outbox_key_status", "key", "status", "id"),
+    )
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     message_id: Mapped[int] = mapped_column(BigId, ForeignKey("messages.id"), unique=True)
     channel: Mapped[str] = mapped_column(String(16))
-    key: Mapped[str] = mapped_column(String(340), index=True)
+    key: Mapped[str] = mapped_column(String(340))
     status: Mapped[str] = mapped_column(String(12), default="pending")  # pending | sending | sent | failed
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(TZ)

@@ -9,8 +9,7 @@ from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.models import conversations, customers, identities, messages, touchpoints
-
-TOUCH_BUFFER = "loket.touch_buffer"
+from storage.unit_of_work import insert
 
 
 async def add_touchpoint(
@@ -25,8 +24,8 @@ async def add_touchpoint(
     actor: str = "system",
     payload: dict[str, Any] | None = None,
 ) -> None:
-    """Append a touchpoint. Inside ``buffered_touchpoints`` the rows are written in one statement at the end."""
-    row = {
+    """Append a touchpoint (inside a unit of work it is written with the others when the work is flushed)."""
+    await insert(conn, touchpoints, {
         "customer_id": customer_id,
         "conversation_id": conversation_id,
         "message_id": message_id,
@@ -35,39 +34,7 @@ async def add_touchpoint(
         "actor": actor,
         "payload": payload or {},
         "created_at": now,
-    }
-    buffer = conn.info.get(TOUCH_BUFFER)
-    if buffer is not None:
-        buffer.append(row)
-    else:
-        await conn.execute(touchpoints.insert(), [row])
-
-
-class buffered_touchpoints:  # noqa: N801 - used as a context manager
-    """Collect touchpoints written on ``conn`` and insert them in one executemany before leaving.
-
-    Touchpoints are append-only and never read back inside the transaction that writes them, so deferring
-    the insert to the end of the transaction changes nothing but the number of round trips.
-    """
-
-    def __init__(self, conn: AsyncConnection) -> None:
-        self.conn = conn
-
-    async def __aenter__(self) -> None:
-        self.conn.info[TOUCH_BUFFER] = []
-
-    async def flush(self) -> None:
-        rows = self.conn.info.get(TOUCH_BUFFER)
-        if rows:
-            self.conn.info[TOUCH_BUFFER] = []
-            await self.conn.execute(touchpoints.insert(), rows)
-
-    async def __aexit__(self, exc_type: object, *_: object) -> None:
-        try:
-            if exc_type is None:
-                await self.flush()
-        finally:
-            self.conn.info.pop(TOUCH_BUFFER, None)
+    })
 
 
 _IDENTITY_WITH_CUSTOMER = (
@@ -75,8 +42,37 @@ _IDENTITY_WITH_CUSTOMER = (
     .join(customers, customers.c.id == identities.c.customer_id)
     .where(identities.c.channel == bindparam("ch"), identities.c.address == bindparam("addr"))
 )
-_INSERT_CUSTOMER = customers.insert().returning(customers.c.id)
-_INSERT_IDENTITY = identities.insert().returning(identities.c.id)
+_IDENTITIES_WITH_CUSTOMERS = (
+    select(identities, *[c.label(f"c_{c.name}") for c in customers.c])
+    .join(customers, customers.c.id == identities.c.customer_id)
+    .where(identities.c.channel.in_(bindparam("chs", expanding=True)),
+           identities.c.address.in_(bindparam("addrs", expanding=True)))
+)
+_IDENTITY_COLUMNS = [c.name for c in identities.c]
+_CUSTOMER_COLUMNS = [c.name for c in customers.c]
+
+
+async def find_identities(
+    conn: AsyncConnection, addresses: list[tuple[str, str]]
+) -> dict[tuple[str, str], tuple[dict[str, Any], dict[str, Any]]]:
+    """(channel, address) → (identity row, customer row) for those that exist, in one query."""
+    if not addresses:
+        return {}
+    if len(addresses) == 1:
+        ch, addr = addresses[0]
+        rows = (await conn.execute(_IDENTITY_WITH_CUSTOMER, {"ch": ch, "addr": addr})).mappings().all()
+    else:
+        rows = (await conn.execute(_IDENTITIES_WITH_CUSTOMERS, {
+            "chs": sorted({ch for ch, _ in addresses}), "addrs": sorted({addr for _, addr in addresses}),
+        })).mappings().all()
+    wanted = set(addresses)
+    found: dict[tuple[str, str], tuple[dict[str, Any], dict[str, Any]]] = {}
+    for row in rows:
+        ident = {c: row[c] for c in _IDENTITY_COLUMNS}
+        cust = {c: row[f"c_{c}"] for c in _CUSTOMER_COLUMNS}
+        if (ident["channel"], ident["address"]) in wanted:
+            found[(ident["channel"], ident["address"])] = (ident, cust)
+    return found
 
 
 async def find_or_create_customer(
@@ -87,13 +83,17 @@ async def find_or_create_customer(
     now: datetime,
     display_name: str | None = None,
     language: str | None = None,
+    known: dict[tuple[str, str], tuple[dict[str, Any], dict[str, Any]]] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any], bool]:
-    """Identity (channel, address) → (identity row, customer row, created?)."""
-    row = (await conn.execute(_IDENTITY_WITH_CUSTOMER, {"ch": channel, "addr": address})).mappings().first()
-    if row is not None:
-        ident = {c.name: row[c.name] for c in identities.c}
-        cust = {c.name: row[f"c_{c.name}"] for c in customers.c}
-        return ident, cust, False
+    """Identity (channel, address) → (identity row, customer row, created?).
+
+    ``known`` is what ``find_identities`` returned for a batch: an address missing from it is new.
+    """
+    if known is None:
+        known = await find_identities(conn, [(channel, address)])
+    found = known.get((channel, address))
+    if found is not None:
+        return found[0], found[1], False
     cust = {
         "display_name": display_name,
         "language": language or "id",
@@ -106,7 +106,8 @@ async def find_or_create_customer(
         "created_at": now,
         "last_seen_at": now,
     }
-    cust_id = (await conn.execute(_INSERT_CUSTOMER, cust)).scalar_one()
+    cust_id = await insert(conn, customers, cust, want_id=True)
+    assert cust_id is not None
     ident = {
         "customer_id": cust_id,
         "channel": channel,
@@ -119,7 +120,7 @@ async def find_or_create_customer(
         "meta": {},
         "created_at": now,
     }
-    ident_id = (await conn.execute(_INSERT_IDENTITY, ident)).scalar_one()
+    ident_id = await insert(conn, identities, ident, want_id=True)
     await add_touchpoint(
         conn, customer_id=cust_id, kind="customer_created", now=now, channel=channel,
         payload={"channel": channel, "address": address},

@@ -2,9 +2,10 @@
 
 aiosqlite sends every call (cursor, execute, fetch, close) to a worker thread and back, which costs a
 thread switch and a self-pipe wake-up each time: ~4 hops per statement. SQLite statements themselves take
-microseconds, so Loket runs them inline and sends to a thread only what can wait: ``BEGIN IMMEDIATE`` (it
-may wait for another process's write lock, up to ``busy_timeout``) and ``COMMIT`` (fsync). SQLAlchemy's
-own aiosqlite dialect drives this shim unchanged (``create_async_engine(..., module=dbapi())``).
+microseconds, so Loket runs them inline and sends to a thread only what can wait: ``BEGIN IMMEDIATE`` when
+another process holds the write lock (it is tried inline first, with a zero busy timeout; only if that fails
+does it wait, up to ``busy_timeout``, in a thread) and ``COMMIT`` (fsync). SQLAlchemy's own aiosqlite
+dialect drives this shim unchanged (``create_async_engine(..., module=dbapi())``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 _BLOCKING_PREFIXES = ("BEGIN", "COMMIT", "END", "VACUUM", "PRAGMA WAL_CHECKPOINT")
+
+
+def _is_begin(sql: str) -> bool:
+    return sql.lstrip()[:5].upper() == "BEGIN"
 
 
 def _may_block(sql: str) -> bool:
@@ -47,12 +52,29 @@ class Cursor:
         await self.close()
 
     async def execute(self, sql: str, parameters: Any = ()) -> Cursor:
+        if _is_begin(sql) and self._begin_inline(sql, parameters):
+            return self
         if _may_block(sql):
             await self._owner._threaded(self._cursor.execute, sql, parameters)
         else:
             with self._owner._lock:
                 self._cursor.execute(sql, parameters)
         return self
+
+    def _begin_inline(self, sql: str, parameters: Any) -> bool:
+        """Take the write lock without leaving the loop when nobody else holds it (the usual case): BEGIN with
+        a zero busy timeout. Only when another process holds the lock does BEGIN wait, in a thread."""
+        with self._owner._lock:
+            self._cursor.execute("PRAGMA busy_timeout=0")
+            try:
+                self._cursor.execute(sql, parameters)
+                return True
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                return False
+            finally:
+                self._cursor.execute(f"PRAGMA busy_timeout={self._owner.busy_timeout_ms}")
 
     async def executemany(self, sql: str, seq_of_parameters: Iterable[Any]) -> Cursor:
         with self._owner._lock:
@@ -108,6 +130,7 @@ class Connection:
         kwargs["check_same_thread"] = False  # BEGIN/COMMIT run in a worker thread, one at a time
         self._database = database
         self._kwargs = kwargs
+        self.busy_timeout_ms = int(float(kwargs.get("timeout", 5.0)) * 1000)
         self._conn: sqlite3.Connection | None = None
         self._tx = _Requests()
         # One user of the sqlite3 connection at a time: a thread still committing after its awaiting task was

@@ -47,7 +47,8 @@ from bot.messages import Choice, Reply
 from bot.pipeline import ApplyContext
 from storage.db import is_sqlite
 from storage.models import conversations, customers, identities, messages
-from storage.repositories import TOUCH_BUFFER, add_touchpoint, buffered_touchpoints
+from storage.repositories import add_touchpoint
+from storage.unit_of_work import unit_of_work
 
 if TYPE_CHECKING:
     from bot.runtime import Runtime
@@ -193,7 +194,7 @@ class ReminderScheduler:
         now = rt.clock.now()
         events: list[tuple[str, dict[str, Any]]] = []
         sent = 0
-        async with rt.engine.begin() as conn, buffered_touchpoints(conn):
+        async with rt.engine.begin() as conn, unit_of_work(conn):
             q = select(reminders_t).where(reminders_t.c.id.in_(ids), reminders_t.c.status == "sending",
                                           reminders_t.c.locked_by == self.worker_id)
             if not is_sqlite(conn):
@@ -230,12 +231,11 @@ class ReminderScheduler:
                     sent += int(await self._handle(*args, events))
                     continue
                 item_events: list[tuple[str, dict[str, Any]]] = []
-                mark = len(conn.info[TOUCH_BUFFER])
                 try:
-                    async with conn.begin_nested():
+                    # the savepoint's writes are its own unit of work: dropped with it if it rolls back
+                    async with conn.begin_nested(), unit_of_work(conn):
                         did_send = await self._handle(*args, item_events)
                 except Exception:  # noqa: BLE001 - one bad reminder must not hold up the batch
-                    del conn.info[TOUCH_BUFFER][mark:]  # the savepoint rolled back: so do its touchpoints
                     log.exception("reminder %s could not be handled; it will be retried after its lease",
                                   rem["id"])
                     continue

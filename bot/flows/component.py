@@ -138,8 +138,9 @@ class FlowService:
         return await start_flow(ctx, self.registry, default, reason="menu")
 
     async def pre_route(self, conn: AsyncConnection, msg: InboundMessage, identity: dict[str, Any],
-                        customer: dict[str, Any], pipeline: Any) -> None:
+                        customer: dict[str, Any], pipeline: Any) -> bool:
         current_conn.set(conn)
+        return False  # it changed nothing: the pipeline need not read the identity again
 
     # ------------------------------------------------------------------ startup
     async def startup(self) -> None:

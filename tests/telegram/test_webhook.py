@@ -34,16 +34,20 @@ async def test_message_reaches_router_and_reply_has_inline_keyboard(fake: FakeTe
         ("Bicara dengan petugas", "agent"), ("Menu", "menu")]
     [en] = await wait_sent(fake, 5002)
     assert "Welcome" in (en.text or "")  # language_code "en" → English
-    rows = await loket_tg.fetch(select(messages).where(messages.c.direction == "in").order_by(messages.c.id))
+    # two conversations may be routed in parallel (PostgreSQL): order within each conversation is the promise
+    rows = await loket_tg.fetch(select(messages).where(messages.c.direction == "in")
+                                .order_by(messages.c.channel_message_id))
     assert [r["body"] for r in rows] == ["halo, saya mau tanya jadwal", "hi there"]
     assert rows[0]["channel_message_id"] == "m:5001:1"
 
     async def delivered() -> list[dict[str, object]] | None:
-        rows = await loket_tg.fetch(select(messages).where(messages.c.direction == "out").order_by(messages.c.id))
+        rows = await loket_tg.fetch(select(messages).where(messages.c.direction == "out")
+                                    .order_by(messages.c.channel_message_id))
         return rows if len(rows) == 2 and {r["status"] for r in rows} == {"sent"} else None
 
     out = await wait_for(delivered, what="both replies recorded as sent")
     assert out[0]["channel_message_id"].startswith("out:5001:")
+    assert out[1]["channel_message_id"].startswith("out:5002:")
     ident = (await loket_tg.fetch(select(identities).where(identities.c.address == "5001")))[0]
     assert (ident["channel"], ident["display_name"]) == ("telegram", "Budi")
 

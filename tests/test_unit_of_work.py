@@ -1,0 +1,130 @@
+"""The unit of work: collected writes go out when the block ends, and every other statement sees them first."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import func, insert, select
+
+from bot.messages import Attachment, InboundMessage
+from storage.db import make_engine
+from storage.models import conversations, customers, identities, messages, touchpoints
+from storage.repositories import add_touchpoint
+from storage.unit_of_work import current, unit_of_work, update_row
+from storage.unit_of_work import insert as uow_insert
+
+NOW = datetime(2026, 12, 1, 9, 30, 15, 123456, tzinfo=UTC)
+
+
+def customer_row(name: str) -> dict[str, object]:
+    return {"display_name": name, "language": "id", "timezone": "Asia/Jakarta", "tags": ["a"],
+            "attributes": {"k": 1}, "opted_out": False, "opted_out_at": None, "merged_into_id": None,
+            "created_at": NOW, "last_seen_at": None}
+
+
+async def count(conn: object, table: object) -> int:
+    return int((await conn.execute(select(func.count()).select_from(table))).scalar_one())  # type: ignore[attr-defined]
+
+
+async def test_writes_wait_for_the_end_and_reads_see_them_first(db_url: str) -> None:
+    engine = make_engine(db_url)
+    try:
+        async with engine.begin() as conn:
+            async with unit_of_work(conn) as uow:
+                cid = await uow_insert(conn, customers, customer_row("Sari"), want_id=True)
+                assert cid is not None and uow.pending
+                await update_row(conn, customers, cid, {"display_name": "Sari W."})  # merged into the insert
+                await add_touchpoint(conn, customer_id=cid, kind="customer_created", now=NOW, payload={"x": None})
+                assert len(uow.inserts[customers]) == 1 and not uow.updates
+                # a read is another statement: the pending rows are written before it runs
+                got = (await conn.execute(select(customers.c.display_name, customers.c.tags, customers.c.created_at)
+                                          .where(customers.c.id == cid))).one()
+                assert not uow.pending
+                assert got[0] == "Sari W." and got[1] == ["a"]
+                assert got[2].replace(tzinfo=UTC) == NOW  # same storage format as SQLAlchemy's own writes
+                # ids handed out after a direct insert do not collide with it
+                await conn.execute(insert(customers).values(**customer_row("direct")))
+                other = await uow_insert(conn, customers, customer_row("Budi"), want_id=True)
+                await update_row(conn, customers, cid, {"last_seen_at": NOW})
+                assert current(conn) is uow
+            assert current(conn) is None
+            names = sorted(r[0] for r in await conn.execute(select(customers.c.display_name)))
+            assert names == ["Budi", "Sari W.", "direct"]
+            assert (await conn.execute(select(customers.c.last_seen_at).where(customers.c.id == cid))).scalar()
+            assert other is not None and other != cid
+            assert await count(conn, touchpoints) == 1
+    finally:
+        await engine.dispose()
+
+
+async def test_a_rolled_back_savepoint_drops_its_own_writes_only(db_url: str) -> None:
+    engine = make_engine(db_url)
+    try:
+        async with engine.begin() as conn, unit_of_work(conn):
+            kept = await uow_insert(conn, customers, customer_row("kept"), want_id=True)
+            with pytest.raises(RuntimeError, match="poisoned"):
+                async with conn.begin_nested(), unit_of_work(conn):
+                    await uow_insert(conn, customers, customer_row("dropped"), want_id=True)
+                    raise RuntimeError("poisoned")
+            after = await uow_insert(conn, customers, customer_row("after"), want_id=True)
+        async with engine.connect() as conn:
+            rows = {r[0]: r[1] for r in await conn.execute(select(customers.c.display_name, customers.c.id))}
+        assert set(rows) == {"kept", "after"}
+        assert rows["kept"] == kept and rows["after"] == after
+    finally:
+        await engine.dispose()
+
+
+async def test_nothing_is_written_when_the_block_fails(db_url: str) -> None:
+    engine = make_engine(db_url)
+    try:
+        with pytest.raises(ValueError, match="boom"):
+            async with engine.begin() as conn, unit_of_work(conn):
+                await uow_insert(conn, customers, customer_row("ghost"), want_id=True)
+                raise ValueError("boom")
+        async with engine.connect() as conn:
+            assert await count(conn, customers) == 0
+    finally:
+        await engine.dispose()
+
+
+async def test_rows_of_several_tables_go_out_in_foreign_key_order(db_url: str) -> None:
+    engine = make_engine(db_url)
+    try:
+        async with engine.begin() as conn:
+            async with unit_of_work(conn):
+                # one flush, four tables: written parents first (SQLite and PostgreSQL check the foreign keys)
+                cid = await uow_insert(conn, customers, customer_row("Ani"), want_id=True)
+                iid = await uow_insert(conn, identities, {
+                    "customer_id": cid, "channel": "telegram", "address": "42", "display_name": None,
+                    "verified": True, "unreachable": False, "unreachable_reason": None, "last_inbound_at": None,
+                    "meta": {}, "created_at": NOW}, want_id=True)
+                conv = await uow_insert(conn, conversations, {
+                    "customer_id": cid, "identity_id": iid, "channel": "telegram", "state": "bot", "flow": None,
+                    "language": None, "priority": "normal", "labels": [], "meta": {}, "created_at": NOW,
+                    "updated_at": NOW}, want_id=True)
+                for i in range(3):
+                    await uow_insert(conn, messages, {
+                        "conversation_id": conv, "customer_id": cid, "channel": "telegram", "direction": "in",
+                        "author": "customer", "agent_id": None, "body": f"m{i}", "choices": [],
+                        "attachments": [], "purpose": "message", "channel_message_id": f"m:{i}",
+                        "status": "received", "error": None, "meta": {}, "created_at": NOW, "sent_at": None,
+                        "delivered_at": None}, want_id=True)
+            flow = (await conn.execute(select(conversations.c.flow).where(conversations.c.id == conv))).scalar()
+            assert flow is None
+            bodies = [r[0] for r in await conn.execute(select(messages.c.body).order_by(messages.c.id))]
+            assert bodies == ["m0", "m1", "m2"]
+    finally:
+        await engine.dispose()
+
+
+def test_inbound_payload_round_trips_every_field() -> None:
+    msg = InboundMessage(channel="telegram", address="7", provider_message_id="m:7:1", text="halo",
+                         button_payload="agent", display_name="Budi", language_hint="id",
+                         attachments=(Attachment("a.jpg", "image/jpeg", 3, sha256="ab"),), kind="message",
+                         meta={"telegram": {"message_id": 1}})
+    payload = msg.to_payload()
+    assert set(payload) == {f.name for f in fields(InboundMessage)}
+    assert InboundMessage.from_payload(payload) == msg
