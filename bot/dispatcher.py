@@ -148,11 +148,16 @@ class Dispatcher:
         self._stopping = False
         self._running = False
         self._next_expiry_check = 0.0
+        # Whether rows may wait behind sends in flight (a conversation's later replies are claimable only
+        # once the earlier one is recorded): then recording a result wakes the claim loop.
+        self._maybe_waiting = True
         self.sent = 0
         # Observers of recorded results (metrics): fn(row, outcome "sent" | "retry" | "failed", now).
         self.on_result: list[Callable[[dict[str, Any], str, Any], None]] = []
 
     def nudge(self) -> None:
+        """Rows may be waiting in the outbox (someone wrote them, or a retry is due): claim now."""
+        self._maybe_waiting = True
         self.wakeup.set()
 
     def stop(self) -> None:
@@ -208,6 +213,9 @@ class Dispatcher:
                         continue
                 self._start(claimed)
                 if not claimed:
+                    if not self._in_flight:
+                        # nothing claimable and nothing in flight: no row waits behind a send of ours
+                        self._maybe_waiting = False
                     self.wakeup.clear()
                     try:
                         await asyncio.wait_for(self.wakeup.wait(), timeout=self.poll_interval)
@@ -408,4 +416,5 @@ class Dispatcher:
                 hook(row, outcome, now)
         if events:
             await self.publish(events)
-        self.nudge()
+        if self._maybe_waiting:
+            self.wakeup.set()

@@ -18,6 +18,7 @@ the outer writes are flushed first, and if the savepoint rolls back its own writ
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterable
 from contextvars import ContextVar
 from typing import Any
@@ -59,12 +60,26 @@ def _order(table: Table) -> int:
     return _table_order.get(table, 10_000)
 
 
+_last_datetime: list[Any] = [None, None]  # most rows of a batch carry the same timestamp
+
+
 def _sqlite_datetime(value: Any) -> Any:
     # SQLAlchemy's storage format for DateTime on SQLite (the offset is not stored; readers assume UTC)
     if value is None:
         return None
-    return (f"{value.year:04d}-{value.month:02d}-{value.day:02d} {value.hour:02d}:{value.minute:02d}:"
+    if value is _last_datetime[0]:
+        return _last_datetime[1]
+    text = (f"{value.year:04d}-{value.month:02d}-{value.day:02d} {value.hour:02d}:{value.minute:02d}:"
             f"{value.second:02d}.{value.microsecond:06d}")
+    _last_datetime[0], _last_datetime[1] = value, text
+    return text
+
+
+def _sqlite_driver(conn: Connection) -> tuple[Any, Any] | None:
+    """The sqlite3 connection under Loket's inline driver (``storage/sqlite_inline.py``) and its lock."""
+    shim = getattr(conn.connection.dbapi_connection, "_connection", None)
+    raw = getattr(shim, "_conn", None)
+    return (raw, shim._lock) if isinstance(raw, sqlite3.Connection) else None  # type: ignore[union-attr]
 
 
 def _converter(table: Table, column: str, dialect: str) -> Any:
@@ -200,13 +215,22 @@ class UnitOfWork:
         if not self.pending or self.flushing:
             return
         self.flushing = True
+        driver = _sqlite_driver(conn) if self.dialect == "sqlite" else None
+
+        def run_sql(sql: str, rows: list[tuple[Any, ...]]) -> None:
+            if driver is None:
+                conn.exec_driver_sql(sql, rows)
+            else:  # straight into sqlite3: its executemany is the whole cost
+                with driver[1]:
+                    driver[0].executemany(sql, rows)
+
         try:
             inserts, updates = self.inserts, self.updates
             self.inserts, self.updates, self.inserted = {}, {}, {}
             for table in sorted(inserts, key=_order):
                 for run in _runs(inserts[table]):
                     sql, convert = _plan(table, "insert", tuple(run[0]), self.dialect)
-                    conn.exec_driver_sql(sql, [convert(r) for r in run])
+                    run_sql(sql, [convert(r) for r in run])
                     if self.dialect == "sqlite" and "id" not in run[0]:
                         self._root()._sqlite_next.pop(table, None)  # SQLite numbered these rows itself
             grouped: dict[tuple[Table, tuple[str, ...]], list[dict[str, Any]]] = {}
@@ -215,7 +239,7 @@ class UnitOfWork:
                 grouped.setdefault((table, tuple(sorted(values))), []).append({**values, "id": pk})
             for (table, cols), rows in grouped.items():
                 sql, convert = _plan(table, "update", cols, self.dialect)
-                conn.exec_driver_sql(sql, [convert(r) for r in rows])
+                run_sql(sql, [convert(r) for r in rows])
         finally:
             self.flushing = False
 

@@ -27,6 +27,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import bot.channels.aiogram_lazy  # noqa: F401 - first: aiogram types are built on first use
+
+# isort: split
 import phonenumbers
 from aiogram import Bot
 from aiogram.client.session.aiohttp import AiohttpSession

@@ -6,6 +6,9 @@ import asyncio
 import os
 from typing import Any
 
+import bot.channels.aiogram_lazy  # noqa: F401 - first: aiogram types are built on first use
+
+# isort: split
 import typer
 from aiogram.exceptions import TelegramAPIError
 from rich.console import Console
