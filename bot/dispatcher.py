@@ -27,25 +27,11 @@ from bot.messages import OutboundMessage, ProviderReceipt, Reply
 from storage.db import is_sqlite
 from storage.models import conversations, identities, messages, outbox_items
 from storage.repositories import add_touchpoint
-from storage.unit_of_work import unit_of_work
+from storage.unit_of_work import unit_of_work, update_row
 
 log = logging.getLogger("loket.dispatcher")
 
 EXPIRY_CHECK_SECONDS = 5.0
-
-_MARK_SENT = (
-    update(outbox_items)
-    .where(outbox_items.c.id == bindparam("pk"))
-    .values(status="sent", sent_at=bindparam("now"), locked_until=None,
-            provider_message_id=bindparam("pid"), last_error=None)
-)
-_MESSAGE_SENT = (
-    update(messages)
-    .where(messages.c.id == bindparam("pk"))
-    .values(status=bindparam("st"), channel_message_id=bindparam("pid"), sent_at=bindparam("now"),
-            delivered_at=bindparam("dlv"), error=None)
-)
-
 
 _EARLIER = outbox_items.alias("earlier")
 # only the oldest unsent row of each conversation key: its messages go out in order
@@ -341,19 +327,16 @@ class Dispatcher:
         events: list[tuple[str, dict[str, Any]]] = []
         outcomes: list[tuple[dict[str, Any], str]] = []
         async with self.engine.begin() as conn, unit_of_work(conn):
-            sent = [(row, r) for row, r in batch if isinstance(r, ProviderReceipt)]
-            if sent:
-                await conn.execute(_MARK_SENT, [
-                    {"pk": row["outbox_id"], "now": now, "pid": r.provider_message_id} for row, r in sent
-                ])
-                await conn.execute(_MESSAGE_SENT, [
-                    {"pk": row["message_id"], "st": r.status, "pid": r.provider_message_id, "now": now,
-                     "dlv": now if r.status == "delivered" else None} for row, r in sent
-                ])
             for row, result in batch:
                 base = {"conversation_id": row["conversation_id"], "customer_id": row["customer_id"],
                         "message_id": row["message_id"], "channel": row["channel"]}
                 if isinstance(result, ProviderReceipt):
+                    await update_row(conn, outbox_items, row["outbox_id"], {
+                        "status": "sent", "sent_at": now, "locked_until": None,
+                        "provider_message_id": result.provider_message_id, "last_error": None})
+                    await update_row(conn, messages, row["message_id"], {
+                        "status": result.status, "channel_message_id": result.provider_message_id, "sent_at": now,
+                        "delivered_at": now if result.status == "delivered" else None, "error": None})
                     await add_touchpoint(
                         conn, customer_id=row["customer_id"], conversation_id=row["conversation_id"],
                         message_id=row["message_id"], kind="delivery", now=now, channel=row["channel"],
@@ -373,20 +356,12 @@ class Dispatcher:
                     reason = result.reason
                     if isinstance(result, TransientSendError):
                         reason = f"gave up after {row['attempts']} attempts: {result.reason}"
-                    await conn.execute(
-                        update(outbox_items)
-                        .where(outbox_items.c.id == row["outbox_id"])
-                        .values(status="failed", locked_until=None, last_error=reason)
-                    )
-                    await conn.execute(
-                        update(messages).where(messages.c.id == row["message_id"]).values(status="failed", error=reason)
-                    )
+                    await update_row(conn, outbox_items, row["outbox_id"],
+                                     {"status": "failed", "locked_until": None, "last_error": reason})
+                    await update_row(conn, messages, row["message_id"], {"status": "failed", "error": reason})
                     if isinstance(result, PermanentSendError) and result.unreachable:
-                        await conn.execute(
-                            update(identities)
-                            .where(identities.c.id == row["identity_id"])
-                            .values(unreachable=True, unreachable_reason=reason)
-                        )
+                        await update_row(conn, identities, row["identity_id"],
+                                         {"unreachable": True, "unreachable_reason": reason})
                     await add_touchpoint(
                         conn, customer_id=row["customer_id"], conversation_id=row["conversation_id"],
                         message_id=row["message_id"], kind="delivery", now=now, channel=row["channel"],
@@ -400,15 +375,10 @@ class Dispatcher:
                     delay = backoff_delay(row["attempts"], self.backoff_base, self.backoff_cap)
                     if isinstance(result, TransientSendError) and result.retry_after is not None:
                         delay = max(delay, result.retry_after)
-                    await conn.execute(
-                        update(outbox_items)
-                        .where(outbox_items.c.id == row["outbox_id"])
-                        .values(status="pending", locked_until=None, last_error=result.reason,
-                                next_attempt_at=now + timedelta(seconds=delay))
-                    )
-                    await conn.execute(
-                        update(messages).where(messages.c.id == row["message_id"]).values(error=result.reason)
-                    )
+                    await update_row(conn, outbox_items, row["outbox_id"], {
+                        "status": "pending", "locked_until": None, "last_error": result.reason,
+                        "next_attempt_at": now + timedelta(seconds=delay)})
+                    await update_row(conn, messages, row["message_id"], {"error": result.reason})
                     asyncio.get_running_loop().call_later(delay, self.nudge)
                     outcomes.append((row, "retry"))
         for row, outcome in outcomes:
