@@ -60,6 +60,7 @@ class Settings:
     verify_signatures: bool = True
     max_message_chars: int = 4096
     reopen_window_hours: int = 24
+    route_at_receive: bool = True
     dispatch_max_attempts: int = 8
     dispatch_max_age_seconds: int = 3600
     dispatch_backoff_base: float = 0.5
@@ -124,6 +125,7 @@ class Settings:
             verify_signatures=not _bool(env.get("LOKET_INSECURE_SKIP_SIGNATURES"), False),
             max_message_chars=_int(env, "LOKET_MAX_MESSAGE_CHARS", 4096),
             reopen_window_hours=_int(env, "LOKET_REOPEN_WINDOW_HOURS", 24),
+            route_at_receive=_bool(env.get("LOKET_ROUTE_AT_RECEIVE"), True),
             dispatch_max_attempts=_int(env, "LOKET_DISPATCH_MAX_ATTEMPTS", 8),
             dispatch_max_age_seconds=_int(env, "LOKET_DISPATCH_MAX_AGE_SECONDS", 3600),
             dispatch_backoff_base=float(env.get("LOKET_DISPATCH_BACKOFF_BASE", "0.5")),

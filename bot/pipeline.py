@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, exists, func, select, update
+from sqlalchemy import bindparam, exists, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bot.clock import Clock, aware
@@ -77,10 +77,15 @@ _CLAIM_SQLITE = (
     .limit(bindparam("n"))
 )
 _CLAIM_PG = _CLAIM_SQLITE.with_for_update(skip_locked=True, of=inbox_items)
-_MARK_DONE = (
-    update(inbox_items)
-    .where(inbox_items.c.id.in_(bindparam("ids", expanding=True)))
-    .values(status="done", processed_at=bindparam("now"), attempts=inbox_items.c.attempts + 1)
+# keys of freshly stored items with an older item still pending (those wait for the claim loop)
+_OLDER_PENDING = (
+    select(inbox_items.c.key)
+    .where(inbox_items.c.key.in_(bindparam("keys", expanding=True)), inbox_items.c.status == "pending",
+           inbox_items.c.id.not_in(bindparam("ids", expanding=True)))
+    .distinct()
+)
+_TRY_KEY_LOCKS = text(
+    "SELECT k FROM unnest(CAST(:keys AS text[])) AS k WHERE pg_try_advisory_xact_lock(hashtext(k))"
 )
 
 
@@ -91,12 +96,20 @@ class _Pending:
 
 
 class InboxWriter:
-    """Persist-then-ack with group commit."""
+    """Persist-then-ack with group commit.
+
+    With a ``router`` (one process that also routes: ``loket run``), the transaction that stores a batch
+    also routes the messages that are next in their conversation, so a message, its reply and the timeline
+    are committed at once and the reply goes straight to the dispatcher: one transaction per message instead
+    of two, and no wait for the router worker. A message whose conversation has older messages still waiting
+    is only stored; the router worker routes it in order. If routing fails, the batch is stored without it.
+    """
 
     def __init__(self, engine: AsyncEngine, clock: Clock, on_commit: Callable[[], None]) -> None:
         self.engine = engine
         self.clock = clock
         self.on_commit = on_commit
+        self.router: RouterWorker | None = None
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._insert: Any = None
@@ -117,7 +130,9 @@ class InboxWriter:
     async def submit(self, msg: InboundMessage) -> bool:
         """Store the message; True if new, False if it was a duplicate. Returns after commit."""
         if self._task is None:
-            return (await self._write([msg]))[0]
+            results, routed = await self._write([msg])
+            await self._after(routed)
+            return results[0]
         fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         await self._queue.put(_Pending(msg, fut))
         return await fut
@@ -129,7 +144,7 @@ class InboxWriter:
             while not self._queue.empty() and len(batch) < 500:
                 batch.append(self._queue.get_nowait())
             try:
-                results = await self._write([p.msg for p in batch])
+                results, routed = await self._write([p.msg for p in batch])
             except Exception as exc:  # noqa: BLE001 - every waiter must hear about it
                 for p in batch:
                     if not p.future.done():
@@ -138,8 +153,16 @@ class InboxWriter:
             for p, res in zip(batch, results, strict=True):
                 if not p.future.done():
                     p.future.set_result(res)
+            await self._after(routed)
 
-    async def _write(self, batch: list[InboundMessage]) -> list[bool]:
+    async def _after(self, routed: Routed | None) -> None:
+        if routed is not None and self.router is not None:
+            try:
+                await self.router.after_commit(routed)
+            except Exception:  # noqa: BLE001 - committed already; sends are recovered from the outbox
+                log.exception("handing routed messages on failed")
+
+    async def _write(self, batch: list[InboundMessage]) -> tuple[list[bool], Routed | None]:
         now = self.clock.now()
         rows: list[dict[str, Any]] = []
         seen: set[tuple[str, str]] = set()
@@ -150,21 +173,49 @@ class InboxWriter:
                 rows.append({"channel": msg.channel, "provider_message_id": msg.provider_message_id, "key": msg.key,
                              "payload": msg.to_payload(), "status": "pending", "attempts": 0, "last_error": None,
                              "received_at": now, "processed_at": None})
-        async with self.engine.begin() as conn:
-            if self._insert is None:
-                self._insert = insert_ignore(conn, inbox_items).returning(
-                    inbox_items.c.channel, inbox_items.c.provider_message_id
-                )
-            stored = {(r[0], r[1]) for r in (await conn.execute(self._insert, rows)).all()}
+        routed: Routed | None = None
+        stored: dict[tuple[str, str], int] = {}
+        if self.router is not None and self.router.route_at_receive:
+            try:
+                stored, routed = await self._store(rows, batch)
+            except Exception:  # noqa: BLE001 - store without routing; the router worker routes them
+                log.exception("routing %d messages as they were stored failed; storing them for the router",
+                              len(rows))
+                routed, stored = None, {}
+        if routed is None:
+            stored, _ = await self._store(rows, None)
         fault("after_inbox_commit")
         results: list[bool] = []
         for msg in batch:
             ident = (msg.channel, msg.provider_message_id)
             results.append(ident in stored)
-            stored.discard(ident)  # a second copy in the same batch is the duplicate
-        if any(results):
+            stored.pop(ident, None)  # a second copy in the same batch is the duplicate
+        if routed is None or routed.left_pending:
             self.on_commit()
-        return results
+        return results, routed
+
+    async def _store(
+        self, rows: list[dict[str, Any]], batch: list[InboundMessage] | None
+    ) -> tuple[dict[tuple[str, str], int], Routed | None]:
+        """Insert the rows (duplicates ignored) → ids of the new ones; with ``batch``, route them too."""
+        routed: Routed | None = None
+        async with self.engine.begin() as conn:
+            if self._insert is None:
+                self._insert = insert_ignore(conn, inbox_items).returning(
+                    inbox_items.c.id, inbox_items.c.channel, inbox_items.c.provider_message_id
+                )
+            stored = {(r[1], r[2]): r[0] for r in (await conn.execute(self._insert, rows)).all()}
+            if batch is not None and self.router is not None:
+                fresh: list[dict[str, Any]] = []
+                taken: set[tuple[str, str]] = set()
+                for msg in batch:
+                    ident = (msg.channel, msg.provider_message_id)
+                    if ident in stored and ident not in taken:
+                        taken.add(ident)
+                        fresh.append({"id": stored[ident], "key": msg.key, "attempts": 0, "msg": msg})
+                routed = await self.router.route_fresh(conn, fresh)
+                fault("before_route_commit")
+        return stored, routed
 
 
 EffectApplier = Callable[["ApplyContext", Custom], Awaitable[None]]
@@ -358,12 +409,19 @@ class Pipeline:
         if uow is not None:
             uow.expect[messages] = 2 * len(msgs)  # each message in, and usually one reply
         known = await find_identities(conn, [(m.channel, m.address) for m in msgs])
+        if uow is not None:  # one sequence round trip per table for the batch's new rows (PostgreSQL)
+            new = sum((m.channel, m.address) not in known for m in msgs)
+            uow.expect[customers] = uow.expect[identities] = new
         pending: list[_Routing] = []
         for msg, item_events in zip(msgs, events, strict=True):
             pending.append(await self._who(conn, msg, item_events, known, now))
         latest = await self.latest_conversations(
             conn, [p.identity["id"] for p in pending if not p.customer_new]
         )
+        if uow is not None:
+            uow.expect[conversations] = sum(
+                1 for p in pending if (c := latest.get(p.identity["id"])) is None or c["state"] == "resolved"
+            )
         return [await self._route(conn, p, latest.get(p.identity["id"]), now, handoff) for p in pending]
 
     async def _who(
@@ -631,6 +689,17 @@ class _BatchNeedsSafeMode(Exception):
     pass
 
 
+@dataclass
+class Routed:
+    """What routing a batch produced, for after its commit (``RouterWorker.after_commit``)."""
+
+    items: int = 0
+    failures: int = 0
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    handoff: Handoff | None = None
+    left_pending: int = 0  # stored but not routed (their conversation had older messages waiting)
+
+
 class RouterWorker:
     """Claims inbox items and routes them, one conversation key at a time, in arrival order."""
 
@@ -655,6 +724,7 @@ class RouterWorker:
         self._safe_next = False
         self.processed = 0
         self.loops = 1
+        self.route_at_receive = True  # with InboxWriter.router set: route as messages are stored
 
     def nudge(self) -> None:
         self.wakeup.set()
@@ -710,56 +780,95 @@ class RouterWorker:
             self._safe_next = True
             return await self._process(safe=True)
 
+    async def route_items(self, conn: AsyncConnection, items: list[dict[str, Any]]) -> Routed:
+        """Route items of different conversations (``id``, ``key``, ``attempts``, ``msg``) and mark them done,
+        in one unit of work on ``conn``'s transaction. Raises if any of them fails (nothing is kept then)."""
+        now = self.pipeline.clock.now()
+        per_item: list[list[tuple[str, dict[str, Any]]]] = [[] for _ in items]
+        async with unit_of_work(conn):
+            handoff = await self.pipeline.handoff_for(conn, [i["key"] for i in items], now)
+            await self.pipeline.handle_batch(conn, [i["msg"] for i in items], per_item, handoff)
+            for item in items:
+                await update_row(conn, inbox_items, item["id"],
+                                 {"status": "done", "processed_at": now, "attempts": item["attempts"] + 1})
+        return Routed(items=len(items), events=[e for evs in per_item for e in evs], handoff=handoff)
+
+    async def route_fresh(self, conn: AsyncConnection, fresh: list[dict[str, Any]]) -> Routed:
+        """Route messages just inserted in ``conn``'s transaction that are next in their conversation.
+
+        A message whose conversation has an older message still pending (or another one in this batch) is
+        left pending for the claim loop, which keeps arrival order. On PostgreSQL, two processes storing
+        messages of one conversation at the same moment cannot see each other's rows yet: an advisory lock
+        on the key lets only one of them route it.
+        """
+        routed = Routed()
+        if not fresh:
+            return routed
+        keys = sorted({f["key"] for f in fresh})
+        ids = [f["id"] for f in fresh]
+        blocked = {r[0] for r in (await conn.execute(_OLDER_PENDING, {"keys": keys, "ids": ids})).all()}
+        if not is_sqlite(conn):
+            free = {r[0] for r in (await conn.execute(_TRY_KEY_LOCKS, {"keys": keys})).all()}
+            blocked |= set(keys) - free
+        heads: list[dict[str, Any]] = []
+        for f in fresh:
+            if f["key"] in blocked:
+                routed.left_pending += 1
+                continue
+            blocked.add(f["key"])  # a later message of this conversation in the batch waits for the claim loop
+            heads.append(f)
+        if heads:
+            done = await self.route_items(conn, heads)
+            done.left_pending = routed.left_pending
+            return done
+        return routed
+
+    async def after_commit(self, routed: Routed) -> None:
+        """What a committed batch leads to: replies to the dispatcher, events to the subscribers."""
+        self.processed += routed.items - routed.failures
+        handoff = routed.handoff
+        if handoff is not None and handoff.rows:
+            self.pipeline.dispatcher.take(handoff.rows)
+        if routed.events:
+            await self.publish(routed.events)
+        if routed.items and (handoff is None or handoff.waiting):
+            self.on_outbox()
+
     async def _process(self, safe: bool) -> int:
-        events: list[tuple[str, dict[str, Any]]] = []
-        failures = 0
-        handoff: Handoff | None = None
         async with self.engine.begin() as conn:
             items = await self._claim(conn)
             if not items:
                 self._safe_next = False
                 return 0
-            msgs = [InboundMessage.from_payload(item["payload"]) for item in items]
-            done_ids: list[int] = []
+            for item in items:
+                item["msg"] = InboundMessage.from_payload(item["payload"])
             if not safe:
-                per_item: list[list[tuple[str, dict[str, Any]]]] = [[] for _ in items]
                 try:
-                    async with unit_of_work(conn):
-                        handoff = await self.pipeline.handoff_for(conn, [i["key"] for i in items],
-                                                                  self.pipeline.clock.now())
-                        await self.pipeline.handle_batch(conn, msgs, per_item, handoff)
+                    routed = await self.route_items(conn, items)
                 except Exception as exc:
                     raise _BatchNeedsSafeMode from exc
-                done_ids = [item["id"] for item in items]
-                for item_events in per_item:
-                    events.extend(item_events)
             else:
-                for item, msg in zip(items, msgs, strict=True):
+                routed = Routed(items=len(items))
+                now = self.pipeline.clock.now()
+                for item in items:
                     item_events: list[tuple[str, dict[str, Any]]] = []
                     try:
                         async with conn.begin_nested(), unit_of_work(conn):
-                            await self.pipeline.handle_inbound(conn, msg, item_events)
+                            await self.pipeline.handle_inbound(conn, item["msg"], item_events)
+                            await update_row(conn, inbox_items, item["id"], {
+                                "status": "done", "processed_at": now, "attempts": item["attempts"] + 1})
                     except Exception as exc:  # noqa: BLE001 - isolate one poisoned message from the rest
                         log.exception("routing inbox item %s failed", item["id"],
-                                      extra={"inbox_item_id": item["id"], "channel": msg.channel})
-                        failures += 1
+                                      extra={"inbox_item_id": item["id"], "channel": item["msg"].channel})
+                        routed.failures += 1
                         await self._record_failure(conn, item, "".join(traceback.format_exception_only(exc)).strip())
                         continue
-                    done_ids.append(item["id"])
-                    events.extend(item_events)
-            if done_ids:
-                await conn.execute(_MARK_DONE, {"ids": done_ids, "now": self.pipeline.clock.now()})
+                    routed.events.extend(item_events)
             fault("before_route_commit")
         fault("after_route_commit")
-        if safe and failures == 0:
+        if safe and routed.failures == 0:
             self._safe_next = False
-        self.processed += len(items) - failures
-        if handoff is not None and handoff.rows:
-            self.pipeline.dispatcher.take(handoff.rows)
-        if events:
-            await self.publish(events)
-        if handoff is None or handoff.waiting:
-            self.on_outbox()
+        await self.after_commit(routed)
         return len(items)
 
     async def _record_failure(self, conn: AsyncConnection, item: dict[str, Any], error: str) -> None:

@@ -74,6 +74,9 @@ class Runtime:
         if not settings.is_sqlite:
             self.worker.loops = int(settings.env.get("LOKET_ROUTER_LOOPS", "4"))
         self.inbox = InboxWriter(self.engine, self.clock, self.worker.nudge)
+        if role == "all":  # one process stores and routes: route in the transaction that stores (InboxWriter)
+            self.inbox.router = self.worker
+            self.worker.route_at_receive = settings.route_at_receive
         self.app = web.Application(client_max_size=32 * 1024 * 1024)
         self.app[RUNTIME] = self
         self._task_factories: list[tuple[str, set[str], TaskFactory]] = []

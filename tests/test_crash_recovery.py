@@ -43,11 +43,11 @@ class Crash:
     env: dict[str, str]
 
 
-async def crash_at(fault: str, db_url: str, tmp_path: Path, text: str) -> Crash:
+async def crash_at(fault: str, db_url: str, tmp_path: Path, text: str, **extra: str) -> Crash:
     """Start ``loket run`` with a fault point, send one web chat message, and see the process SIGKILL itself."""
     port = free_port()
     env = {"DATABASE_URL": db_url, "LOKET_PORT": str(port), "LOKET_DEMO": "false",
-           "LOKET_DATA_DIR": str(tmp_path / "data"), "LOKET_SECRET_KEY": "k" * 40}
+           "LOKET_DATA_DIR": str(tmp_path / "data"), "LOKET_SECRET_KEY": "k" * 40, **extra}
     first = LoketProcess("run", {**env, "LOKET_FAULT_POINT": fault}, tmp_path, tmp_path / "first.log")
     first.start()
     await first.wait_ready()
@@ -82,30 +82,66 @@ async def wait_count(db_url: str, q: object, at_least: int = 1, tries: int = 100
     return n
 
 
+async def resend_and_check_answered_once(crash: Crash, db_url: str, text: str) -> None:
+    async with WebChatClient(f"http://127.0.0.1:{crash.port}", visitor=crash.visitor) as again:
+        # the widget resends what was never acknowledged; the server must not process it twice
+        await again.send_text(text, client_id=crash.client_id)
+        await again.wait_frame(lambda f: f["type"] == "ack" and f["client_id"] == crash.client_id)
+        await wait_count(db_url, outbound("sent", "delivered"))
+        await asyncio.sleep(1.0)
+    assert await count(db_url, INBOUND) == 1
+    assert await count(db_url, outbound()) == 1
+    assert await count(db_url, outbound("sent", "delivered")) == 1
+    assert await count(db_url, select(func.count()).select_from(inbox_items)
+                       .where(inbox_items.c.status == "done")) == 1
+
+
 async def test_sigkill_after_persist_then_restart_answers_once(db_url: str, tmp_path: Path) -> None:
+    # one process (loket run) routes a message in the transaction that stores it
     crash = await crash_at("after_inbox_commit", db_url, tmp_path, "halo, tolong dibantu")
-    # killed right after the inbox commit, before it could acknowledge or route
+    # killed right after that commit, before it could acknowledge or send the reply
+    assert [f for f in crash.frames if f["type"] == "ack"] == []
+    assert await count(db_url, select(func.count()).select_from(inbox_items)) == 1
+    assert await count(db_url, INBOUND) == 1
+    assert await count(db_url, outbound("queued")) == 1  # claimed for the dead process's dispatcher
+
+    async def check() -> None:
+        await resend_and_check_answered_once(crash, db_url, "halo, tolong dibantu")
+
+    await restarted(crash, tmp_path, check)
+
+
+async def test_sigkill_after_persist_before_the_router_answers_once(db_url: str, tmp_path: Path) -> None:
+    # stored only; the router worker routes it (as when web and worker are separate processes)
+    crash = await crash_at("after_inbox_commit", db_url, tmp_path, "halo, tolong dibantu",
+                           LOKET_ROUTE_AT_RECEIVE="false")
     assert [f for f in crash.frames if f["type"] == "ack"] == []
     assert await count(db_url, select(func.count()).select_from(inbox_items)) == 1
     assert await count(db_url, select(func.count()).select_from(messages)) == 0
 
     async def check() -> None:
-        async with WebChatClient(f"http://127.0.0.1:{crash.port}", visitor=crash.visitor) as again:
-            # the widget resends what was never acknowledged; the server must not process it twice
-            await again.send_text("halo, tolong dibantu", client_id=crash.client_id)
-            await again.wait_frame(lambda f: f["type"] == "ack" and f["client_id"] == crash.client_id)
-            await wait_count(db_url, outbound())
-            await asyncio.sleep(1.0)
-        assert await count(db_url, INBOUND) == 1
-        assert await count(db_url, outbound()) == 1
-        assert await count(db_url, select(func.count()).select_from(inbox_items)
-                           .where(inbox_items.c.status == "done")) == 1
+        await resend_and_check_answered_once(crash, db_url, "halo, tolong dibantu")
+
+    await restarted(crash, tmp_path, check)
+
+
+async def test_sigkill_before_the_storing_commit_loses_nothing_the_client_resends(db_url: str,
+                                                                                  tmp_path: Path) -> None:
+    # killed inside the transaction that stores and routes: nothing is stored and nothing was acknowledged
+    crash = await crash_at("before_route_commit", db_url, tmp_path, "pesanan saya belum datang")
+    assert [f for f in crash.frames if f["type"] == "ack"] == []
+    assert await count(db_url, select(func.count()).select_from(inbox_items)) == 0
+
+    async def check() -> None:
+        await resend_and_check_answered_once(crash, db_url, "pesanan saya belum datang")
 
     await restarted(crash, tmp_path, check)
 
 
 async def test_sigkill_before_route_commit_routes_once_after_restart(db_url: str, tmp_path: Path) -> None:
-    crash = await crash_at("before_route_commit", db_url, tmp_path, "pesanan saya belum datang")
+    # the router worker's transaction dies: the stored message is routed once by the next process
+    crash = await crash_at("before_route_commit", db_url, tmp_path, "pesanan saya belum datang",
+                           LOKET_ROUTE_AT_RECEIVE="false")
 
     async def check() -> None:
         await wait_count(db_url, outbound())
