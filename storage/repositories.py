@@ -94,7 +94,7 @@ async def find_or_create_customer(
     found = known.get((channel, address))
     if found is not None:
         return found[0], found[1], False
-    cust = {
+    cust: dict[str, Any] = {
         "display_name": display_name,
         "language": language or "id",
         "timezone": "Asia/Jakarta",

@@ -25,11 +25,12 @@ import mimetypes
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import bot.channels.aiogram_lazy  # noqa: F401 - first: aiogram types are built on first use
 
 # isort: split
+import orjson
 import phonenumbers
 from aiogram import Bot
 from aiogram.client.session.aiohttp import AiohttpSession
@@ -64,6 +65,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.attachments import AttachmentRejected, AttachmentStore
 from bot.channels.base import PermanentSendError, SendError, TransientSendError
+from bot.channels.telegram_updates import TextMessage, TextUpdate, parse_text_update
 from bot.config import ConfigError, Settings
 from bot.effects import Decision, Send, Touch
 from bot.messages import InboundMessage, OutboundMessage, ProviderReceipt, Reply
@@ -395,7 +397,7 @@ class TelegramChannel:
         body: dict[str, Any] = {"chat_id": chat_id, "text": html_text, "parse_mode": "HTML"}
         if markup:
             body["reply_markup"] = markup
-        session = await self.bot.session.create_session()
+        session = await cast(AiohttpSession, self.bot.session).create_session()
         try:
             async with session.post(self._send_message_url, data=json.dumps(body, ensure_ascii=False).encode(),
                                     headers=_JSON_HEADERS, timeout=self._timeout) as resp:
@@ -415,6 +417,8 @@ class TelegramChannel:
         response = self.bot.session.check_response(bot=self.bot, method=self._method(body), status_code=status,
                                                    content=raw)
         sent = response.result
+        if sent is None:
+            raise ClientDecodeError("sendMessage answered ok without a message", ValueError("no result"), raw)
         return sent.chat.id, sent.message_id
 
     @staticmethod
@@ -463,12 +467,12 @@ class TelegramChannel:
                                detail={"parts": len(ids), "telegram_message_ids": ids} if len(ids) > 1 else {})
 
     # ------------------------------------------------------------------ inbound
-    def parse_update(self, body: bytes) -> Update:
+    def parse_update(self, body: bytes) -> Update | TextUpdate:
         if len(body) > MAX_UPDATE_BYTES:
             raise BadUpdate(f"the body is larger than {MAX_UPDATE_BYTES} bytes")
         try:
-            data = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
             raise BadUpdate(f"the body is not valid JSON: {exc}") from exc
         if not isinstance(data, dict) or not isinstance(data.get("update_id"), int):
             raise BadUpdate("a Telegram Update is a JSON object with an integer 'update_id'")
@@ -476,6 +480,9 @@ class TelegramChannel:
             # a kind we do not serve (or one newer than our aiogram): acknowledge it, never fail on it
             kinds = ", ".join(k for k in data if k != "update_id") or "(none)"
             raise UnservedUpdate(f"update {data['update_id']}: type {kinds} is not handled")
+        text_update = parse_text_update(data)  # the common case, on a short path (telegram_updates.py)
+        if text_update is not None:
+            return text_update
         try:
             return Update.model_validate(data, context={"bot": self.bot})
         except ValidationError as exc:
@@ -494,7 +501,7 @@ class TelegramChannel:
             ).first()
         return found is not None
 
-    async def normalize(self, upd: Update) -> Normalized:
+    async def normalize(self, upd: Update | TextUpdate) -> Normalized:
         if upd.message is not None:
             return await self._from_message(upd.message, upd.update_id, edited=False)
         if upd.edited_message is not None:
@@ -506,7 +513,7 @@ class TelegramChannel:
         kinds = [k for k, v in upd.model_dump(exclude_none=True).items() if k != "update_id"] or ["(none)"]
         return Normalized(ignored=f"update type {', '.join(kinds)} is not handled")
 
-    async def _from_message(self, m: Message, update_id: int, edited: bool) -> Normalized:
+    async def _from_message(self, m: Message | TextMessage, update_id: int, edited: bool) -> Normalized:
         if m.chat.type != "private":
             return Normalized(ignored=f"messages from {m.chat.type} chats are not served")
         user = m.from_user
@@ -656,7 +663,7 @@ class TelegramChannel:
             )
         log.info("telegram chat %s: bot membership is now %s", chat, status)
 
-    async def process(self, upd: Update) -> tuple[str, bool]:
+    async def process(self, upd: Update | TextUpdate) -> tuple[str, bool]:
         """Normalize and persist one update. Returns (outcome, stored?). Raises if the database fails."""
         norm = await self.normalize(upd)
         if norm.member_status is not None:
