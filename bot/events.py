@@ -15,6 +15,15 @@ Handler = Callable[[str, dict[str, Any]], Awaitable[None]]
 CHANNEL = "loket:events"
 
 
+def redis_client(url: str) -> Any:
+    """A Redis client whose pool waits for a free connection instead of failing when many sends publish at
+    once (redis-py's default pool refuses the 101st concurrent command)."""
+    import redis.asyncio as aioredis
+
+    pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=64, timeout=20)
+    return aioredis.Redis.from_pool(pool)  # closing the client closes the pool
+
+
 class EventBus:
     def __init__(self, redis_url: str | None = None, prefix: str = "") -> None:
         self._handlers: list[Handler] = []
@@ -30,9 +39,7 @@ class EventBus:
     async def start(self) -> None:
         if not self.redis_url:
             return
-        import redis.asyncio as aioredis
-
-        self._redis = aioredis.from_url(self.redis_url)
+        self._redis = redis_client(self.redis_url)
         await self._redis.ping()
         self._task = asyncio.create_task(self._listen(), name="events-redis")
 

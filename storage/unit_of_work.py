@@ -19,6 +19,7 @@ the outer writes are flushed first, and if the savepoint rolls back its own writ
 from __future__ import annotations
 
 import sqlite3
+import weakref
 from collections.abc import Iterable
 from contextvars import ContextVar
 from typing import Any
@@ -40,6 +41,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import Select, TextClause
+from sqlalchemy.sql.util import find_tables
 
 UOW_KEY = "loket.unit_of_work"
 # The innermost open unit of work of this task (checked against the connection it belongs to): reading a
@@ -315,6 +317,30 @@ async def update_row(conn: AsyncConnection, table: Table, pk: int, values: dict[
 
 
 # ---------------------------------------------------------------------- autoflush
+_read_tables: weakref.WeakKeyDictionary[Any, frozenset[Table]] = weakref.WeakKeyDictionary()
+
+
+def _tables_read(stmt: Select[Any]) -> frozenset[Table]:
+    """Every table a SELECT reads, subqueries and aliases included (cached per statement object)."""
+    found = _read_tables.get(stmt)
+    if found is None:
+        tables: set[Table] = set()
+        for t in find_tables(stmt, include_aliases=True):
+            base = getattr(t, "element", t)  # an alias reads its table
+            if isinstance(base, Table):
+                tables.add(base)
+        found = _read_tables[stmt] = frozenset(tables)
+    return found
+
+
+def _pending_tables(stack: list[UnitOfWork]) -> set[Table]:
+    tables: set[Table] = set()
+    for u in stack:
+        tables.update(u.inserts)
+        tables.update(t for t, _ in u.updates)
+    return tables
+
+
 @event.listens_for(Engine, "before_execute")
 def _autoflush(conn: Connection, clauseelement: Any, *_: Any) -> None:
     stack = conn.info.get(UOW_KEY)
@@ -323,10 +349,15 @@ def _autoflush(conn: Connection, clauseelement: Any, *_: Any) -> None:
     uow = stack[-1]
     if uow.flushing:
         return
-    for u in stack:
-        if u.pending:
-            u.flush_sync(conn)
-    if isinstance(clauseelement, Select) or (
+    is_select = isinstance(clauseelement, Select)
+    # a SELECT of tables with no pending rows reads the same with or without a flush: keep collecting
+    if any(u.pending for u in stack) and (
+        not is_select or _pending_tables(stack) & _tables_read(clauseelement)
+    ):
+        for u in stack:
+            if u.pending:
+                u.flush_sync(conn)
+    if is_select or (
         isinstance(clauseelement, TextClause | str) and str(clauseelement).lstrip()[:6].upper() == "SELECT"
     ):
         return

@@ -59,6 +59,22 @@ async def test_writes_wait_for_the_end_and_reads_see_them_first(db_url: str) -> 
         await engine.dispose()
 
 
+async def test_only_reads_of_tables_with_pending_rows_flush(db_url: str) -> None:
+    engine = make_engine(db_url)
+    try:
+        async with engine.begin() as conn, unit_of_work(conn) as uow:
+            cid = await uow_insert(conn, customers, customer_row("Ani"), want_id=True)
+            await conn.execute(select(func.count()).select_from(messages))  # another table: no flush needed
+            assert uow.pending
+            # a table read only inside a subquery still counts
+            inner = select(customers.c.id).where(customers.c.display_name == "Ani").scalar_subquery()
+            got = (await conn.execute(select(identities.c.id).where(identities.c.customer_id == inner))).all()
+            assert got == [] and not uow.pending
+            assert (await conn.execute(select(customers.c.id))).scalar() == cid
+    finally:
+        await engine.dispose()
+
+
 async def test_a_rolled_back_savepoint_drops_its_own_writes_only(db_url: str) -> None:
     engine = make_engine(db_url)
     try:

@@ -194,7 +194,8 @@ class ReminderScheduler:
         now = rt.clock.now()
         events: list[tuple[str, dict[str, Any]]] = []
         sent = 0
-        async with rt.engine.begin() as conn, unit_of_work(conn):
+        async with rt.engine.begin() as conn, unit_of_work(conn) as uow:
+            uow.expect[messages] = len(ids)  # one reminder message each: one id round trip (PostgreSQL)
             q = select(reminders_t).where(reminders_t.c.id.in_(ids), reminders_t.c.status == "sending",
                                           reminders_t.c.locked_by == self.worker_id)
             if not is_sqlite(conn):

@@ -68,6 +68,7 @@ from bot.channels.base import PermanentSendError, SendError, TransientSendError
 from bot.channels.telegram_updates import TextMessage, TextUpdate, parse_text_update
 from bot.config import ConfigError, Settings
 from bot.effects import Decision, Send, Touch
+from bot.events import redis_client
 from bot.messages import InboundMessage, OutboundMessage, ProviderReceipt, Reply
 from bot.router import ORDER_FLOW, RouteContext
 from bot.runtime import Runtime
@@ -244,10 +245,8 @@ class RateLimiter:
 
     async def _client(self) -> Any:
         if self._redis is None:
-            import redis.asyncio as aioredis
-
             assert self.redis_url is not None
-            self._redis = aioredis.from_url(self.redis_url)
+            self._redis = redis_client(self.redis_url)
         return self._redis
 
     async def _acquire_redis(self, chat: str, max_wait: float) -> None:
