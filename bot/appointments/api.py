@@ -65,6 +65,7 @@ def install(rt: Runtime, policy: Policy) -> None:
                     return await fn(request)
                 except AppointmentError as exc:
                     return _error(422, "invalid", str(exc))
+            wrapper.required_scope = scope  # type: ignore[attr-defined]  # as require_scope does: the matrix reads it
             return wrapper
         return deco
 
