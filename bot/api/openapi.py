@@ -223,7 +223,7 @@ def build_document(server_url: str = "http://127.0.0.1:8080", extra_paths: dict[
                  "description": "Conversations, messages, customers with timelines, articles, agents, outgoing "
                                 "webhooks, API tokens and appointments. Authenticate with `Authorization: Bearer lkt_…` "
                                 "(`loket tokens create --name NAME --scopes a,b`). Errors are "
-                                "`{\"error\": {\"code\": …, \"message\": …}}`. Appointments: docs/appointments.md."},
+                                "`{\"error\": {\"code\": …, \"message\": …}}`. Appointments: docs/reminders.md."},
         "servers": [{"url": server_url}],
         "paths": {**_paths(), **(extra_paths or {})},
         "components": {
