@@ -79,8 +79,13 @@ class Front:
         raise AssertionError(f"a webhook to {path} was not answered 200 before the deadline")
 
     async def deliver(self, hook: Webhook, times: int, deadline: float) -> None:
-        """The same webhook ``times`` times at once (to random web processes): a provider retrying."""
+        """The same webhook ``times`` times at once (to random web processes): copies racing each other."""
         await asyncio.gather(*(self.post(hook, deadline) for _ in range(times)))
+
+    async def redeliver(self, hook: Webhook, times: int, deadline: float) -> None:
+        """The same webhook ``times`` times, each after the one before was answered: a provider retrying."""
+        for _ in range(times):
+            await self.post(hook, deadline)
 
 
 @dataclass
@@ -137,11 +142,12 @@ class Customers:
     def callback_route(self, front: Front, times: int, deadline: Callable[[], float]
                        ) -> Callable[[str, list[tuple[str, str]]], Awaitable[None]]:
         """How the Twilio fake's status callbacks reach Loket: signed for the public URL, delivered ``times``
-        times to web processes, like the inbound webhooks."""
+        times to random web processes, one after the other as Twilio retries a callback (the inbound
+        messages' copies race each other instead)."""
 
         async def deliver(url: str, params: list[tuple[str, str]]) -> None:
             path = urlsplit(url).path
-            await front.deliver(self.signed_form(path, params), times, deadline())
+            await front.redeliver(self.signed_form(path, params), times, deadline())
 
         return deliver
 

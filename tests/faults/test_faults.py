@@ -3,9 +3,9 @@
 PostgreSQL + Redis (``DATABASE_URL`` is PostgreSQL): 2 ``loket web`` + 2 ``loket worker`` processes. SQLite (the
 embedded default): one ``loket run`` process. The same load on both: ``LOKET_FAULT_MESSAGES`` customer messages
 (default 10,000) from Telegram chats and WhatsApp numbers, half each, ``LOKET_FAULT_PER_CONVERSATION`` (25) per
-conversation, sent in order. Every webhook — Telegram updates, signed Twilio messages and the Twilio fake's
-``sent``/``delivered`` status callbacks — is delivered 3 times at once to random web processes and again until
-answered 200. Replies go to the Telegram and Twilio fakes, whose chaos middleware answers 429 (with the
+conversation, sent in order. Every webhook is delivered 3 times to random web processes, each copy again until
+answered 200: Telegram updates and signed Twilio messages 3 times at once (the copies race), the Twilio fake's
+``sent``/``delivered`` status callbacks 3 times one after the other (as Twilio retries a callback). Replies go to the Telegram and Twilio fakes, whose chaos middleware answers 429 (with the
 provider's retry hint) and 5xx, in bursts and at random, and answers slowly. Meanwhile a chaos loop SIGKILLs web
 and worker processes (and restarts them) and, on PostgreSQL, terminates every Loket database connection and kills
 the Redis clients.
@@ -230,7 +230,7 @@ async def test_nothing_lost_under_kills_and_outages(db_url: str, tmp_path: Path)
                           int(_env("LOKET_FAULT_KILLS", 8 if pg else 6)), lambda: delivered[0] / total)
         engine = make_engine(db_url)
         try:
-            async with Front(cluster.web_ports, concurrency=int(_env("LOKET_FAULT_CONCURRENCY", 48))) as front:
+            async with Front(cluster.web_ports, concurrency=int(_env("LOKET_FAULT_CONCURRENCY", 96))) as front:
                 tw.deliver_callback = customers.callback_route(front, DELIVERIES, lambda: deadline)
                 await cluster.start_all()
                 load_started = time.monotonic()
