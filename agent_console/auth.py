@@ -11,7 +11,7 @@ from typing import Any
 import pyotp
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import and_, delete, func, insert, select, update
+from sqlalchemy import and_, delete, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agent_console.models import console_sessions, login_attempts
@@ -54,7 +54,14 @@ def verify_totp(secret: str, code: str, now: datetime) -> bool:
 
 
 async def throttled(conn: AsyncConnection, email: str, ip: str, now: datetime) -> bool:
-    """Locked when the account or the address has too many failures inside the window."""
+    """Locked when the account or the address has too many failures inside the window.
+
+    Call it first in the login's transaction: it serializes attempts on the same account and from the same
+    address until that transaction ends, so guesses sent all at once are counted one after the other (on
+    PostgreSQL with transaction-scoped advisory locks; SQLite already runs one write transaction at a time)."""
+    if conn.dialect.name == "postgresql":
+        for key in (f"loket:login:account:{email}", f"loket:login:ip:{ip}"):  # always this order: no deadlock
+            await conn.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": key})
     since = now - LOCK_WINDOW
     by_account = (await conn.execute(select(func.count()).select_from(login_attempts).where(
         login_attempts.c.email == email, login_attempts.c.success.is_(False),

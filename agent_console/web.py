@@ -545,11 +545,19 @@ class Console:
         if request.method == "POST":
             data = await self.form(request, me)
             async with self.rt.engine.begin() as conn:
+                shortcut = str(data.get("shortcut") or "").strip().lstrip("/")[:60]
                 if data.get("delete"):
                     await conn.execute(delete(canned_replies).where(canned_replies.c.id == int(str(data["delete"]))))
+                elif not shortcut:
+                    raise web.HTTPBadRequest(text="a canned reply needs a shortcut, e.g. halo (typed as /halo)")
+                elif (await conn.execute(select(canned_replies.c.id)
+                                         .where(canned_replies.c.shortcut == shortcut))).first():
+                    # saving a shortcut that exists replaces its text: that is how a canned reply is edited
+                    await conn.execute(update(canned_replies).where(canned_replies.c.shortcut == shortcut)
+                                       .values(body=str(data.get("body") or "")))
                 else:
                     await conn.execute(insert(canned_replies).values(
-                        shortcut=str(data.get("shortcut") or "").strip()[:60], body=str(data.get("body") or ""),
+                        shortcut=shortcut, body=str(data.get("body") or ""),
                         created_by=me["agent_id"], created_at=self.now()))
                 await auth.audit(conn, me["email"], "canned.change", self.now(), ip=self.ip(request),
                                  after={k: str(v)[:200] for k, v in data.items() if k != "_csrf"})

@@ -31,6 +31,17 @@ def _int(env: dict[str, str], name: str, default: int) -> int:
         raise ConfigError(f"{name}={raw!r} is not a whole number; set it to e.g. {default}") from exc
 
 
+def _port_or_off(env: dict[str, str], name: str, default: int) -> int | None:
+    raw = env.get(name, "").strip()
+    if raw == "":
+        return default
+    if raw.lower() in {"off", "false", "no", "none"}:
+        return None
+    if not raw.isdigit() or int(raw) > 65535:
+        raise ConfigError(f"{name}={raw!r} is not a TCP port; use e.g. {default}, 0 for any free port, or off")
+    return int(raw)
+
+
 def normalize_database_url(url: str) -> str:
     """Accept the URLs people paste (postgres://, postgresql://, sqlite:///) and pick the async drivers."""
     if url.startswith("postgres://"):
@@ -79,6 +90,7 @@ class Settings:
     kb_path: Path | None = None
     fault_point: str | None = None
     log_level: str = "INFO"
+    worker_metrics_port: int | None = 9108  # None: a worker serves no HTTP at all
     env: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -144,5 +156,6 @@ class Settings:
             kb_path=Path(env["LOKET_KB"]) if env.get("LOKET_KB") else None,
             fault_point=env.get("LOKET_FAULT_POINT") or None,
             log_level=env.get("LOKET_LOG_LEVEL", "INFO"),
+            worker_metrics_port=_port_or_off(env, "LOKET_WORKER_METRICS_PORT", 9108),
             env=dict(env),
         )

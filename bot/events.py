@@ -26,15 +26,17 @@ def redis_client(url: str) -> Any:
 
 class EventBus:
     def __init__(self, redis_url: str | None = None, prefix: str = "") -> None:
-        self._handlers: list[Handler] = []
+        self._handlers: list[tuple[Handler, bool]] = []  # (handler, only this process's own events)
         self.redis_url = redis_url
         self.channel = prefix + CHANNEL
         self._redis: Any = None
         self._task: asyncio.Task[None] | None = None
         self.origin = f"{os.getpid()}:{id(self):x}"
 
-    def subscribe(self, handler: Handler) -> None:
-        self._handlers.append(handler)
+    def subscribe(self, handler: Handler, *, local_only: bool = False) -> None:
+        """``local_only``: hear only events this process published (per-process counters: each event is counted
+        once, by the process where it happened), not those fanned out from other processes."""
+        self._handlers.append((handler, local_only))
 
     async def start(self) -> None:
         if not self.redis_url:
@@ -65,8 +67,10 @@ class EventBus:
             except Exception:  # noqa: BLE001 - live updates are best effort; the DB has the truth
                 log.warning("could not publish %d events to Redis", len(events), exc_info=True)
 
-    async def _deliver(self, name: str, payload: dict[str, Any]) -> None:
-        for handler in list(self._handlers):
+    async def _deliver(self, name: str, payload: dict[str, Any], remote: bool = False) -> None:
+        for handler, local_only in list(self._handlers):
+            if remote and local_only:
+                continue
             try:
                 await handler(name, payload)
             except Exception:  # noqa: BLE001
@@ -84,7 +88,7 @@ class EventBus:
                     if data.get("origin") == self.origin:
                         continue
                     for name, payload in data["events"]:
-                        await self._deliver(name, payload)
+                        await self._deliver(name, payload, remote=True)
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - reconnect after a dropped Redis connection

@@ -1,8 +1,10 @@
 """Prometheus ``/metrics`` (DESIGN §11).
 
-Counters and the latency histogram live in a per-process registry (each ``loket web`` / ``loket worker`` is
-scraped on its own port); queue depth and age, SLA breaches and webhook backlog are read from the database at
-scrape time, so every process reports the same truth for them.
+Counters and the latency histogram live in a per-process registry: each process counts what happened in it
+(events fanned out from other processes through Redis are not counted again), so summing a counter over all
+instances gives the fleet's total. ``loket web`` and ``loket run`` serve ``/metrics`` on ``LOKET_PORT``,
+``loket worker`` on ``LOKET_WORKER_METRICS_PORT`` (default 9108). Queue depth and age, SLA breaches and webhook
+backlog are read from the database at scrape time, so every process reports the same truth for them.
 
 Set ``LOKET_METRICS_TOKEN`` to require ``Authorization: Bearer <token>`` on ``/metrics``.
 """
@@ -20,6 +22,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     generate_latest,
 )
 from sqlalchemy import func, select
@@ -57,6 +60,13 @@ class Metrics:
                                       ["to"], registry=r)
         self.webhooks = Counter("loket_webhook_attempts", "Outgoing webhook attempts by result.",
                                 ["event", "result"], registry=r)
+        self.breaches = Counter("loket_sla_breaches_detected", "Conversations found past an SLA due time "
+                                "(each counted once, by the process that found it).", registry=r)
+        self.statuses = Counter("loket_message_status_updates", "Delivery status changes of outbound messages "
+                                "(sends recorded and provider callbacks).", ["channel", "status"], registry=r)
+        Gauge("loket_process_info", "This Loket process (always 1): its role.", ["role"],
+              registry=r).labels(rt.role).set(1)
+        ProcessCollector(registry=r)  # process_resident_memory_bytes, process_cpu_seconds_total, …
 
     # --------------------------------------------------------------------- feeds
     async def on_event(self, name: str, payload: dict[str, Any]) -> None:
@@ -67,6 +77,10 @@ class Metrics:
             self.status_changes.labels(to).inc()
             if to == "queued":
                 self.escalations.labels(str(payload.get("reason") or "unknown")[:40]).inc()
+        elif name == "conversation.sla_breached":
+            self.breaches.inc()
+        elif name == "message.status":
+            self.statuses.labels(str(payload.get("channel")), str(payload.get("status"))).inc()
 
     def on_dispatch(self, row: dict[str, Any], outcome: str, now: Any) -> None:
         channel = str(row.get("channel"))
@@ -138,6 +152,6 @@ class Metrics:
 def setup(rt: Runtime) -> None:
     metrics = Metrics(rt)
     rt.services["metrics"] = metrics
-    rt.events.subscribe(metrics.on_event)
+    rt.events.subscribe(metrics.on_event, local_only=True)
     rt.dispatcher.on_result.append(metrics.on_dispatch)
-    rt.app.router.add_get("/metrics", metrics.handle)
+    rt.add_ops_route("/metrics", metrics.handle)

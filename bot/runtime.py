@@ -33,7 +33,6 @@ log = logging.getLogger("loket")
 TaskFactory = Callable[[], Awaitable[None]]
 
 
-
 class Runtime:
     def __init__(
         self,
@@ -79,6 +78,9 @@ class Runtime:
             self.worker.route_at_receive = settings.route_at_receive
         self.app = web.Application(client_max_size=32 * 1024 * 1024)
         self.app[RUNTIME] = self
+        # what a worker serves on LOKET_WORKER_METRICS_PORT: /metrics, /healthz, /readyz (see add_ops_route)
+        self.ops_app = web.Application()
+        self.ops_app[RUNTIME] = self
         self._task_factories: list[tuple[str, set[str], TaskFactory]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._startup: list[Callable[[], Awaitable[None]]] = []
@@ -94,6 +96,15 @@ class Runtime:
     def add_task(self, name: str, factory: TaskFactory, roles: set[str] | None = None) -> None:
         """A background loop that runs in processes of these roles (default: worker and all)."""
         self._task_factories.append((name, roles or {"all", "worker"}, factory))
+
+    def add_ops_route(self, path: str, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> None:
+        """A GET route for operators (health, metrics): on the main app and on a worker's own port."""
+        self.app.router.add_get(path, handler)
+        self.ops_app.router.add_get(path, handler)
+
+    def stopped_loops(self) -> list[str]:
+        """Background loops (router, dispatcher, scheduler …) that ended while the process runs: a crash."""
+        return [t.get_name() for t in self._tasks if t.done()]
 
     def on_startup(self, fn: Callable[[], Awaitable[None]]) -> None:
         self._startup.append(fn)

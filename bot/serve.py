@@ -43,8 +43,11 @@ async def serve(settings: Settings, role: str, ready: asyncio.Event | None = Non
         await site.start()
         log.info("Loket %s listening on http://%s:%s (public URL %s)", role, settings.host, settings.port,
                  settings.public_url)
+    elif settings.worker_metrics_port is not None:
+        runner = await serve_ops(rt, settings.host, settings.worker_metrics_port)
     else:
-        log.info("Loket worker started (router, dispatcher, scheduler)")
+        log.info("Loket worker started (router, dispatcher, scheduler); no metrics port "
+                 "(LOKET_WORKER_METRICS_PORT=off)")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -59,6 +62,23 @@ async def serve(settings: Settings, role: str, ready: asyncio.Event | None = Non
         await runner.cleanup()
     await rt.stop()
     log.info("stopped cleanly")
+
+
+async def serve_ops(rt: Runtime, host: str, port: int) -> web.AppRunner:
+    """A worker's own small HTTP server: /metrics, /healthz, /readyz and nothing else."""
+    runner = web.AppRunner(rt.ops_app, access_log=None, handle_signals=False, shutdown_timeout=2)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    try:
+        await site.start()
+    except OSError:
+        await runner.cleanup()
+        await rt.stop()
+        raise
+    bound = runner.addresses[0][1] if runner.addresses else port
+    log.info("Loket worker started (router, dispatcher, scheduler); /metrics, /healthz, /readyz on http://%s:%s",
+             host, bound)
+    return runner
 
 
 def run_process(role: str) -> None:
@@ -81,9 +101,12 @@ def run_process(role: str) -> None:
         raise SystemExit(2) from exc
     except OSError as exc:
         if exc.errno == 98:
+            name, port = ("LOKET_WORKER_METRICS_PORT", settings.worker_metrics_port) if role == "worker" \
+                else ("LOKET_PORT", settings.port)
             print(
-                f"loket: port {settings.port} on {settings.host} is already in use; "
-                "stop the other process or set LOKET_PORT to a free port",
+                f"loket: port {port} on {settings.host} is already in use; "
+                f"stop the other process or set {name} to a free port"
+                + (" (or off: no metrics and health checks for this worker)" if role == "worker" else ""),
                 file=sys.stderr,
             )
             raise SystemExit(2) from exc

@@ -15,6 +15,7 @@ import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
 LOKET = [sys.executable, "-m", "bot.cli"]
+WORKER_PORT = "LOKET_WORKER_METRICS_PORT"
 
 
 def free_port() -> int:
@@ -27,13 +28,16 @@ class LoketProcess:
     def __init__(self, role: str, env: dict[str, str], cwd: Path, log: Path) -> None:
         self.role = role
         self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1", "LOKET_LOG_FORMAT": "plain"}
+        if role == "worker" and not env.get(WORKER_PORT):
+            self.env[WORKER_PORT] = str(free_port())  # never the default: other test runs share this host
         self.cwd = cwd
         self.log_path = log
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def port(self) -> int:
-        return int(self.env["LOKET_PORT"])
+        """Where /healthz, /readyz and /metrics answer (a worker serves only those, on its own port)."""
+        return int(self.env[WORKER_PORT if self.role == "worker" else "LOKET_PORT"])
 
     def start(self) -> None:
         self._log = open(self.log_path, "ab")  # noqa: SIM115

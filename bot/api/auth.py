@@ -152,15 +152,18 @@ class Throttle:
         started, count = self._local.get(ip, (0.0, 0))
         return time.monotonic() - started < self.window and count >= self.max_failures
 
-    async def fail(self, ip: str) -> None:
+    async def fail(self, ip: str) -> bool:
+        """Count a failed attempt (atomically); True when it is over the limit. Guesses that arrive together all
+        pass ``blocked`` before any of them is counted, so the answer to each is decided here: past the limit it
+        is 429 like every later attempt (the 256-bit secret makes the few extra look-ups worthless)."""
         redis = self._redis()
         if redis is not None:
             try:
                 key = self.prefix + ip
-                count = await redis.incr(key)
+                count = int(await redis.incr(key))
                 if count == 1:
                     await redis.expire(key, self.window)
-                return
+                return count > self.max_failures
             except Exception:  # noqa: BLE001
                 pass
         now = time.monotonic()
@@ -171,6 +174,12 @@ class Throttle:
         if len(self._local) > 10_000:  # bound memory under a spray of addresses
             for key in list(self._local)[:5_000]:
                 self._local.pop(key, None)
+        return count + 1 > self.max_failures
+
+    def too_many(self) -> web.Response:
+        return error(429, "too_many_failures",
+                     f"too many failed API token attempts from this address; wait {self.window} s",
+                     headers={"Retry-After": str(self.window)})
 
 
 def client_ip(request: web.Request) -> str:
@@ -186,9 +195,7 @@ class TokenAuth:
         """The request's principal, or the error response to send (401 / 429)."""
         ip = client_ip(request)
         if await self.throttle.blocked(ip):
-            return error(429, "too_many_failures",
-                         f"too many failed API token attempts from this address; wait {self.throttle.window} s",
-                         headers={"Retry-After": str(self.throttle.window)})
+            return self.throttle.too_many()
         header = request.headers.get("Authorization", "")
         if not header.startswith("Bearer "):
             return error(401, "unauthorized", "send an API token: 'Authorization: Bearer lkt_…' "
@@ -200,7 +207,8 @@ class TokenAuth:
                 row = (await conn.execute(select(api_tokens).where(api_tokens.c.prefix == parts[0]))).mappings().first()
         if (row is None or parts is None or row["revoked_at"] is not None
                 or not hmac.compare_digest(row["secret_hash"], hash_secret(parts[1]))):
-            await self.throttle.fail(ip)
+            if await self.throttle.fail(ip):
+                return self.throttle.too_many()
             return error(401, "invalid_token", "the API token is unknown, revoked or malformed")
         now = self.rt.clock.now()
         last = aware(row["last_used_at"])

@@ -213,21 +213,34 @@ def _paths() -> dict[str, Any]:
     }
 
 
-def build_document(server_url: str = "http://127.0.0.1:8080") -> dict[str, Any]:
+def build_document(server_url: str = "http://127.0.0.1:8080", extra_paths: dict[str, Any] | None = None,
+                   extra_schemas: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The document; features with routes of their own (appointments) add theirs through ``extra_*``
+    (``rt.services["openapi"]``, see ``add_to_document``)."""
     return {
         "openapi": "3.1.0",
         "info": {"title": "Loket REST API", "version": "1.0.0",
                  "description": "Conversations, messages, customers with timelines, articles, agents, outgoing "
-                                "webhooks and API tokens. Authenticate with `Authorization: Bearer lkt_…` "
+                                "webhooks, API tokens and appointments. Authenticate with `Authorization: Bearer lkt_…` "
                                 "(`loket tokens create --name NAME --scopes a,b`). Errors are "
-                                "`{\"error\": {\"code\": …, \"message\": …}}`. Appointments live under "
-                                "`/api/v1/appointments` (see docs/appointments.md)."},
+                                "`{\"error\": {\"code\": …, \"message\": …}}`. Appointments: docs/reminders.md."},
         "servers": [{"url": server_url}],
-        "paths": _paths(),
+        "paths": {**_paths(), **(extra_paths or {})},
         "components": {
-            "schemas": SCHEMAS,
+            "schemas": {**SCHEMAS, **(extra_schemas or {})},
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
                                            "description": "Scopes: " + "; ".join(f"{k}: {v}"
                                                                                  for k, v in SCOPES.items())}},
         },
     }
+
+
+def add_to_document(services: dict[str, Any], paths: dict[str, Any], schemas: dict[str, Any]) -> None:
+    """A feature's own operations and schemas, served in ``/api/v1/openapi.json`` beside the core's."""
+    extra = services.setdefault("openapi", {"paths": {}, "schemas": {}})
+    extra["paths"].update(paths)
+    extra["schemas"].update(schemas)
+
+
+# the helpers, for features that describe their own operations
+operation, response, ref, obj, nullable = _op, _json, _ref, _obj, _n

@@ -728,7 +728,8 @@ async def list_audit(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    return web.json_response(build_document(str(request.url.origin())))
+    extra = get_runtime(request).services.get("openapi") or {}
+    return web.json_response(build_document(str(request.url.origin()), extra.get("paths"), extra.get("schemas")))
 
 
 # (method, path, handler) — the OpenAPI document is checked against this table by the tests.

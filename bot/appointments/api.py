@@ -23,6 +23,8 @@ from aiohttp import web
 from sqlalchemy import select
 
 from bot.api.auth import token_auth
+from bot.api.openapi import add_to_document
+from bot.appointments import openapi
 from bot.appointments.models import appointments_t, providers_t, reminders_t, services_t
 from bot.appointments.service import (
     AppointmentError,
@@ -38,6 +40,9 @@ from bot.clock import aware
 
 if TYPE_CHECKING:
     from bot.runtime import Runtime
+
+
+MAX_ID = 2**62  # as the core API: larger ids cannot be in the database (and would overflow its integers)
 
 
 def _error(status: int, code: str, message: str, **extra: Any) -> web.Response:
@@ -65,6 +70,7 @@ def install(rt: Runtime, policy: Policy) -> None:
                     return await fn(request)
                 except AppointmentError as exc:
                     return _error(422, "invalid", str(exc))
+            wrapper.required_scope = scope  # type: ignore[attr-defined]  # as require_scope does: the matrix reads it
             return wrapper
         return deco
 
@@ -82,9 +88,12 @@ def install(rt: Runtime, policy: Policy) -> None:
             q = q.where(appointments_t.c.status.in_(p["status"].split(",")))
         if p.get("customer_id"):
             try:
-                q = q.where(appointments_t.c.customer_id == int(p["customer_id"]))
+                customer_id = int(p["customer_id"])
             except ValueError as exc:
                 raise AppointmentError("customer_id must be a number") from exc
+            if not 1 <= customer_id <= MAX_ID:
+                raise AppointmentError(f"customer_id must be between 1 and {MAX_ID}")
+            q = q.where(appointments_t.c.customer_id == customer_id)
         if p.get("external_id"):
             q = q.where(appointments_t.c.external_id == p["external_id"])
         if p.get("from"):
@@ -93,7 +102,7 @@ def install(rt: Runtime, policy: Policy) -> None:
             q = q.where(appointments_t.c.start_at < _iso(p["to"], "to"))
         try:
             limit = max(1, min(500, int(p.get("limit", "100"))))
-            offset = max(0, int(p.get("offset", "0")))
+            offset = max(0, min(10**9, int(p.get("offset", "0"))))
         except ValueError as exc:
             raise AppointmentError("limit and offset must be numbers") from exc
         async with rt.engine.connect() as conn:
@@ -120,9 +129,12 @@ def install(rt: Runtime, policy: Policy) -> None:
 
     def _id(request: web.Request) -> int:
         try:
-            return int(request.match_info["id"])
+            value = int(request.match_info["id"])
         except ValueError as exc:
             raise web.HTTPNotFound() from exc
+        if not 1 <= value <= MAX_ID:  # beyond what the database can hold: no such appointment
+            raise web.HTTPNotFound()
+        return value
 
     @guard("appointments:read")
     async def get_(request: web.Request) -> web.Response:
@@ -193,6 +205,7 @@ def install(rt: Runtime, policy: Policy) -> None:
                                                                   "status": body.get("status") or "rescheduled"})])
         return web.json_response(await _one(appt_id))
 
+    add_to_document(rt.services, openapi.paths(), openapi.SCHEMAS)
     rt.app.router.add_get("/api/v1/appointments", list_)
     rt.app.router.add_post("/api/v1/appointments", create)
     rt.app.router.add_get("/api/v1/appointments/{id}", get_)

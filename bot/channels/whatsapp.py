@@ -523,6 +523,8 @@ class WhatsAppChannel:
 
     async def _apply_status(self, row: dict[str, Any], sid: str, status: str, twilio_status: str,
                             code: int | None) -> None:
+        if RANK.get(str(row.get("status")), -1) >= RANK[status]:
+            return  # a repeated or late callback: nothing moves, so no write transaction (the UPDATE guards races)
         now = self.rt.clock.now()
         lower = [s for s, r in RANK.items() if r < RANK[status]]
         values: dict[str, Any] = {"status": status}

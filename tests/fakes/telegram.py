@@ -24,6 +24,7 @@ import json
 import re
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,8 @@ JSON_PARAMS = {"reply_markup", "allowed_updates", "entities", "caption_entities"
                "reply_parameters"}
 HTML_TAGS = {"b", "strong", "i", "em", "u", "ins", "s", "strike", "del", "a", "code", "pre", "tg-spoiler",
              "span", "blockquote", "tg-emoji"}
+# what a method call asked for, kept on the request for middlewares (fault injection in tests)
+PARAMS: web.RequestKey[dict[str, Any]] = web.RequestKey("fake_telegram_params", dict)
 SECRET_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 
 
@@ -78,8 +81,13 @@ class _File:
 class FakeTelegram:
     """``async with FakeTelegram(token) as tg:`` — ``tg.base_url`` goes into ``TELEGRAM_API_BASE``."""
 
-    def __init__(self, token: str = "123:ABC", bot_username: str = "loket_test_bot") -> None:
+    def __init__(self, token: str = "123:ABC", bot_username: str = "loket_test_bot", *,
+                 route_prefix: str = "", middlewares: Sequence[Any] = ()) -> None:
+        """``route_prefix`` (e.g. ``/via/{sender}``) is matched before ``/bot<token>/…``, so a test can tell the
+        callers apart by their ``TELEGRAM_API_BASE``; ``middlewares`` wrap every method call (fault injection)."""
         self.token = token
+        self.route_prefix = route_prefix
+        self.middlewares = tuple(middlewares)
         self.bot_id = int(token.split(":", 1)[0])
         self.bot_username = bot_username
         self.port = 0
@@ -114,9 +122,9 @@ class FakeTelegram:
         await self.stop()
 
     async def start(self) -> None:
-        app = web.Application(client_max_size=60 * 1024 * 1024)
-        app.router.add_route("*", "/bot{token}/{method}", self._method)
-        app.router.add_get("/file/bot{token}/{path:.+}", self._file)
+        app = web.Application(client_max_size=60 * 1024 * 1024, middlewares=self.middlewares)
+        app.router.add_route("*", self.route_prefix + "/bot{token}/{method}", self._method)
+        app.router.add_get(self.route_prefix + "/file/bot{token}/{path:.+}", self._file)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -141,6 +149,14 @@ class FakeTelegram:
                            else {500: "Internal Server Error", 502: "Bad Gateway"}.get(status, "Internal Server Error"))
         for _ in range(n):
             self._failures.append((status, description, retry_after if status == 429 else None))
+
+    @classmethod
+    def error_response(cls, status: int, retry_after: int = 1) -> web.Response:
+        """The Bot API's error answer for ``status`` (429 carries ``parameters.retry_after``)."""
+        if status == 429:
+            return cls._error(ApiError(429, f"Too Many Requests: retry after {retry_after}", retry_after))
+        return cls._error(ApiError(status, {500: "Internal Server Error", 502: "Bad Gateway"}.get(
+            status, "Service Unavailable")))
 
     def block(self, chat_id: int) -> None:
         self.blocked.add(chat_id)
@@ -342,6 +358,7 @@ class FakeTelegram:
         method = request.match_info["method"].lower()
         try:
             params, files = await self._params(request)
+            request[PARAMS] = params  # for middlewares: what was asked
             self.calls.append((method, params, time.monotonic()))
             handler = getattr(self, f"_m_{method}", None)
             if handler is None:

@@ -16,7 +16,9 @@ Written from Twilio's documented wire format (and read against twilio-python 9.1
   reported on the resource and by a ``failed`` status callback, exactly as Twilio does it.
 
 Fault injection: ``fail_next(n, status, retry_after=…)`` queues error answers (429 with ``Retry-After``,
-5xx, any 4xx code), ``delay`` slows every API answer down, ``media_delay`` every media download. Every created message is kept in ``messages``.
+5xx, any 4xx code), ``delay`` slows every API answer down, ``media_delay`` every media download. Every created
+message is kept in ``messages``; ``status_callbacks`` makes the fake report each accepted message's progress
+(``sent``, ``delivered`` …) to its ``StatusCallback`` as Twilio does.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import json
 import re
 import secrets
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -102,14 +104,31 @@ class CreatedMessage:
         return self.get("ContentSid")
 
 
+# the message a create call stored, kept on the request for middlewares (fault injection in tests)
+CREATED: web.RequestKey[CreatedMessage] = web.RequestKey("fake_twilio_created", CreatedMessage)
+
+
 class FakeTwilio:
     def __init__(self, account_sid: str, auth_token: str, *, clock: _Clock | None = None,
-                 senders: Iterable[str] = ("whatsapp:+14155238886",)) -> None:
+                 senders: Iterable[str] = ("whatsapp:+14155238886",), route_prefix: str = "",
+                 middlewares: Sequence[Any] = (), status_callbacks: Sequence[str] = (),
+                 callback_delay: float = 0.2) -> None:
+        """``route_prefix`` (e.g. ``/via/{sender}``) is matched before ``/2010-04-01/…``, so a test can tell the
+        callers apart by their ``TWILIO_API_BASE``; ``middlewares`` wrap every request (fault injection).
+        ``status_callbacks`` (e.g. ``("sent", "delivered")``) are posted to each accepted message's
+        ``StatusCallback``, ``callback_delay`` seconds apart, through ``deliver_callback``."""
         self.account_sid = account_sid
+        self.route_prefix = route_prefix
+        self.middlewares = tuple(middlewares)
+        self.status_callbacks = tuple(status_callbacks)
+        self.callback_delay = callback_delay
+        # how a callback reaches Loket: (signed URL, params) → None; a test may route it like a load balancer
+        self.deliver_callback: Callable[[str, list[tuple[str, str]]], Awaitable[Any]] = self.post_signed
         self.auth_token = auth_token
         self.clock: _Clock = clock or _WallClock()
         self.senders = set(senders)
         self.messages: list[CreatedMessage] = []
+        self._by_sid: dict[str, CreatedMessage] = {}
         self.attempts = 0  # every POST to Messages.json, answered or not
         self.attempt_times: list[float] = []  # loop.time() of each of them
         self.rejected: list[dict[str, Any]] = []  # error answers given, with the form that caused them
@@ -131,9 +150,10 @@ class FakeTwilio:
         return f"http://127.0.0.1:{self.port}"
 
     async def start(self) -> None:
-        app = web.Application()
-        app.router.add_post("/2010-04-01/Accounts/{account}/Messages.json", self._create_message)
-        app.router.add_get("/2010-04-01/Accounts/{account}/Messages/{message}/Media/{media}", self._get_media)
+        app = web.Application(middlewares=self.middlewares)
+        prefix = self.route_prefix + "/2010-04-01/Accounts/{account}/Messages"
+        app.router.add_post(prefix + ".json", self._create_message)
+        app.router.add_get(prefix + "/{message}/Media/{media}", self._get_media)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -170,6 +190,13 @@ class FakeTwilio:
             message = "Too Many Requests" if status == 429 else "Internal Server Error"
         for _ in range(n):
             self.injected.append(Injected(status, code, message, retry_after))
+
+    def error_response(self, status: int, retry_after: float | None = 1) -> web.Response:
+        """Twilio's error answer for ``status`` (429 with a ``Retry-After`` header when given)."""
+        if status == 429:
+            headers = {"Retry-After": f"{retry_after:g}"} if retry_after is not None else None
+            return self._error(429, 20429, "Too Many Requests", headers)
+        return self._error(status, 20500, "Internal Server Error" if status == 500 else "Service Unavailable")
 
     def add_media(self, data: bytes, content_type: str, message_sid: str | None = None) -> str:
         """Hold a media file; returns its URL (Basic auth required, as with Twilio's HTTP auth on media)."""
@@ -277,6 +304,10 @@ class FakeTwilio:
         }
         created = CreatedMessage(sid=sid, form=form, resource=dict(resource), received_at=now)
         self.messages.append(created)
+        self._by_sid[sid] = created
+        request[CREATED] = created  # for middlewares: what was accepted
+        if not window_failed and self.status_callbacks and one("StatusCallback"):
+            self._spawn(self._report(str(one("StatusCallback")), sid))
         if window_failed:
             # Twilio accepts the request and fails the message afterwards.
             created.resource.update(status="failed", error_code=63016,
@@ -284,7 +315,7 @@ class FakeTwilio:
                                     "the allowed window.")
             callback = one("StatusCallback")
             if callback:
-                self._spawn(self.send_status(callback, sid, "failed", error_code=63016))
+                self._spawn(self.deliver_callback(callback, self.status_params(sid, "failed", error_code=63016)))
         return web.json_response(resource, status=201)
 
     async def _get_media(self, request: web.Request) -> web.Response:
@@ -298,6 +329,11 @@ class FakeTwilio:
         self.media_fetches.append(request.path)
         data, ctype = held
         return web.Response(body=data, content_type=ctype.split(";")[0])
+
+    async def _report(self, callback_url: str, sid: str) -> None:
+        for status in self.status_callbacks:
+            await asyncio.sleep(self.callback_delay)
+            await self.deliver_callback(callback_url, self.status_params(sid, status))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -364,7 +400,12 @@ class FakeTwilio:
                           error_code: int | None = None, signature: str | None = None,
                           sign: bool = True) -> tuple[int, str, str]:
         """Post a status callback for ``message_sid`` (queued/sent/delivered/read/failed/undelivered)."""
-        created = next((m for m in self.messages if m.sid == message_sid), None)
+        params = self.status_params(message_sid, status, error_code=error_code)
+        return await self.post_signed(callback_url, params, signature=signature, sign=sign)
+
+    def status_params(self, message_sid: str, status: str, *, error_code: int | None = None) -> list[tuple[str, str]]:
+        """The form of a status callback (recorded on the message and moving its ``status``)."""
+        created = self._by_sid.get(message_sid)
         params: list[tuple[str, str]] = [
             ("SmsSid", message_sid), ("SmsStatus", status), ("MessageStatus", status),
             ("ChannelToAddress", (created.to or "").removeprefix("whatsapp:") if created else ""),
@@ -377,7 +418,7 @@ class FakeTwilio:
         if created is not None:
             created.callbacks.append(dict(params))
             created.resource["status"] = status
-        return await self.post_signed(callback_url, params, signature=signature, sign=sign)
+        return params
 
     def sent_to(self, to: str) -> list[CreatedMessage]:
         return [m for m in self.messages if m.to == to]

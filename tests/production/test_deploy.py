@@ -59,6 +59,12 @@ def test_compose_services_and_commands_match_the_cli() -> None:
     assert services["web"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
     assert set(doc["volumes"]) == {"pg-data", "redis-data", "loket-data"}
     assert any("/readyz" in part for part in services["web"]["healthcheck"]["test"])
+    # a worker serves /metrics, /healthz, /readyz on its own port: Prometheus scrapes it, compose health-checks it
+    port = services["worker"]["environment"]["LOKET_WORKER_METRICS_PORT"]
+    assert int(port) == Settings().worker_metrics_port
+    assert port in services["worker"]["expose"]
+    assert any(f"127.0.0.1:{port}/readyz" in part for part in services["worker"]["healthcheck"]["test"])
+    assert "LOKET_WORKER_METRICS_PORT" not in services["web"]["environment"]
 
 
 def test_dockerfile_and_env_example() -> None:
@@ -67,6 +73,8 @@ def test_dockerfile_and_env_example() -> None:
     assert "pip install -r requirements.lock" in text
     assert re.search(r"^USER loket$", text, re.M)
     assert 'ENTRYPOINT ["loket"]' in text
+    assert re.search(r"^EXPOSE 8080 9108$", text, re.M)  # the web port and a worker's metrics port
+    assert "LOKET_WORKER_METRICS_PORT=9108" in text
     env = {}
     for line in (ROOT / ".env.example").read_text().splitlines():
         if line and not line.startswith("#"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any
 
 import aiohttp
@@ -16,7 +17,7 @@ from bot.api.web import ROUTES
 from bot.logs import JsonFormatter
 from storage.models import customers, inbox_items, messages
 from tests.production.helpers import bearer, token
-from tests.security.conftest import TELEGRAM_SECRET, TWILIO_SID, TWILIO_TOKEN
+from tests.security.conftest import TELEGRAM_SECRET, TELEGRAM_TOKEN, TWILIO_SID, TWILIO_TOKEN
 from tests.support import LoketServer
 
 
@@ -60,9 +61,19 @@ async def test_forged_signatures_on_every_webhook_are_refused(secure_settings: A
                 ("twilio status forged", s.post(f"{url}/webhooks/twilio/status", data=status_form, headers={
                     "X-Twilio-Signature": forged.compute_signature(f"{public}/webhooks/twilio/status", status_form)})),
             ]
+            # a valid signature from another Twilio account (a leaked token of a sub-account) is refused too
+            other = {**form, "AccountSid": "AC" + "9" * 32}
+            cases.append(("twilio other account", s.post(f"{url}/webhooks/twilio/whatsapp", data=other, headers={
+                "X-Twilio-Signature": good.compute_signature(f"{public}/webhooks/twilio/whatsapp", other)})))
+            tried = set()
             for name, request in cases:
                 async with request as r:
                     assert r.status == 403, (name, r.status, await r.text())
+                    tried.add(r.url.path)
+            # every webhook the app serves was attacked (a new webhook route fails here until it is)
+            webhooks = {route.resource.canonical for route in server.rt.app.router.routes()
+                        if route.resource and route.resource.canonical.startswith("/webhooks/")}
+            assert tried == webhooks, webhooks - tried
             await _nothing_stored(server)
             # the genuine ones are accepted: the refusals above were about the signatures
             async with s.post(f"{url}/webhooks/telegram", json=_update(),
@@ -76,12 +87,41 @@ async def test_forged_signatures_on_every_webhook_are_refused(secure_settings: A
         await server.stop()
 
 
+async def test_a_telegram_webhook_without_a_configured_secret_is_refused(secure_settings: Any) -> None:
+    server = LoketServer(secure_settings(TELEGRAM_WEBHOOK_SECRET=""), components=["bot.channels.telegram"])
+    await server.start()
+    try:
+        async with aiohttp.ClientSession() as s:
+            for headers in ({}, {"X-Telegram-Bot-Api-Secret-Token": ""}, {"X-Telegram-Bot-Api-Secret-Token": "x"}):
+                async with s.post(f"{server.base_url}/webhooks/telegram", json=_update(), headers=headers) as r:
+                    assert r.status == 403
+                    assert "secret is not configured" in (await r.json())["error"]
+        await _nothing_stored(server)
+    finally:
+        await server.stop()
+
+
+def api_routes(server: LoketServer) -> list[tuple[str, str, str | None]]:
+    """(method, path, required scope) of every /api/v1 route the app serves — from the router itself, so a
+    feature's own routes (appointments …) and any new route are in the matrix."""
+    out = []
+    for route in server.rt.app.router.routes():
+        path = route.resource.canonical if route.resource else ""
+        if path.startswith("/api/v1/") and route.method != "HEAD" and path != "/api/v1/openapi.json":
+            out.append((route.method, path, getattr(route.handler, "required_scope", None)))
+    return out
+
+
 async def test_scope_matrix_for_every_api_route(loket: LoketServer) -> None:
+    routes = api_routes(loket)
+    assert {(m, p) for m, p, _ in routes} >= {(m, p) for m, p, _ in ROUTES}
+    assert any(p.startswith("/api/v1/appointments") for _, p, _ in routes)
+    unguarded = [(m, p) for m, p, scope in routes if scope is None]
+    assert unguarded == [], "every API route needs @require_scope"
     tokens = {scope: await token(loket, scope, name=scope) for scope in SCOPES}
     async with aiohttp.ClientSession() as s:
-        for method, path, handler in ROUTES:
-            needed = handler.required_scope
-            url = loket.base_url + path.replace("{id}", "424242").replace("{delivery_id}", "424242")
+        for method, path, needed in routes:
+            url = loket.base_url + re.sub(r"\{[a-z_]+\}", "424242", path)
             async with s.request(method, url, json={}) as r:
                 assert r.status == 401, (method, path)
                 assert set((await r.json())["error"]) == {"code", "message"}
@@ -136,7 +176,9 @@ async def test_secrets_are_never_logged(secure_settings: Any, caplog: Any) -> No
         await server.stop()
     out = "\n".join(JsonFormatter().format(rec) for rec in caplog.records)
     assert out, "expected some log lines"
+    assert "telegram" in out  # the failed sends to the unreachable Bot API were logged (with the URL's host only)
     for secret in (tok, tok.split("_", 2)[2], TELEGRAM_SECRET, TWILIO_TOKEN, "webhook-signing-secret-1234",
+                   TELEGRAM_TOKEN, TELEGRAM_TOKEN.split(":")[1],
                    "test-secret-key-for-loket-tests-0123456789", "6281298765432", "81298765432"):
         assert secret not in out, secret
     json.loads(out.splitlines()[0])
