@@ -92,3 +92,37 @@
     });
   }
 })();
+
+// Knowledge-base editor: the preview is rendered by the server (the help centre's renderer, sanitised).
+(function () {
+  "use strict";
+  var csrf = document.body.getAttribute("data-csrf");
+  var bodyField = document.getElementById("kb-body");
+  var titleField = document.getElementById("kb-title");
+  var pane = document.getElementById("kb-preview");
+  if (!csrf || !bodyField || !pane) { return; }
+  var timer = null;
+  var seq = 0;
+  function render() {
+    var mine = ++seq;
+    var form = new FormData();
+    form.append("_csrf", csrf);
+    form.append("body", bodyField.value);
+    form.append("title", titleField ? titleField.value : "");
+    fetch("/console/kb/preview", { method: "POST", body: form, credentials: "same-origin" }).then(function (r) {
+      return r.ok ? r.text() : null;
+    }).then(function (html) {
+      if (html === null || mine !== seq) { return; }
+      var tpl = document.createElement("template");
+      tpl.innerHTML = html;  // server-rendered: raw HTML escaped, unsafe links dropped
+      pane.replaceChildren(tpl.content);
+      pane.setAttribute("data-rendered", String(mine));
+    });
+  }
+  function later() {
+    if (timer) { clearTimeout(timer); }
+    timer = setTimeout(render, 250);
+  }
+  bodyField.addEventListener("input", later);
+  if (titleField) { titleField.addEventListener("input", later); }
+})();
