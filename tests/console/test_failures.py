@@ -10,8 +10,16 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from agent_console.failures import ANSWERED, FAILURE, NEUTRAL, SUCCESS, UNHELPFUL, classify, next_streak, \
-    threshold_from
+from agent_console.failures import (
+    ANSWERED,
+    FAILURE,
+    NEUTRAL,
+    SUCCESS,
+    UNHELPFUL,
+    classify,
+    next_streak,
+    threshold_from,
+)
 from bot.effects import Decision, Touch
 from knowledge_base import DEMO_PATH
 from storage.models import touchpoints

@@ -11,7 +11,14 @@ import pytest
 from sqlalchemy import select, update
 
 from agent_console.escalation import sla_state
-from agent_console.sla import DurationError, SlaPolicies, due_times, format_duration, parse_duration, read_form
+from agent_console.sla import (
+    DurationError,
+    SlaPolicies,
+    due_times,
+    format_duration,
+    parse_duration,
+    read_form,
+)
 from bot.clock import FrozenClock, aware
 from storage.models import audit_log, conversations, touchpoints
 from tests.console.helpers import Agent, make_agent, make_team
