@@ -110,7 +110,7 @@ class KbEditor:
         else:
             fields = {k: "" for k in ("id", "title", "category", "tags", "questions", "answer", "body", "version")}
             wanted = request.query.get("language")
-            fields["language"] = wanted if wanted in LANGUAGES else str(me.get("language") or "id")
+            fields["language"] = wanted if wanted in LANGUAGES else LANGUAGES[0]
         return await self.editor(request, me, fields, article, saved=request.query.get("saved"))
 
     async def editor(self, request: web.Request, me: dict[str, Any], fields: dict[str, str],
