@@ -59,6 +59,8 @@ UI: dict[str, dict[str, str]] = {
     "team": {"id": "Tim", "en": "Team"},
     "capacity": {"id": "Kapasitas", "en": "Capacity"},
     "typing": {"id": "sedang mengetik…", "en": "is typing…"},
+    "access_lost": {"id": "Percakapan ini sudah dialihkan dan tidak lagi terbuka untuk Anda.",
+                    "en": "This conversation was moved and is no longer open to you."},
     # knowledge-base editor
     "kb": {"id": "Basis pengetahuan", "en": "Knowledge base"},
     "kb_new": {"id": "Artikel baru", "en": "New article"},

@@ -20,6 +20,8 @@
       url.searchParams.set("partial", "1");
       url.searchParams.delete("rejected");
       fetch(url.toString(), { credentials: "same-origin" }).then(function (r) {
+        var lost = document.getElementById("access-lost");
+        if (r.status === 403 && lost) { lost.hidden = false; }  // moved to a team this agent is not in
         return r.ok ? r.text() : null;
       }).then(function (html) {
         if (html === null) { return; }
@@ -51,6 +53,8 @@
       backoff = 500;
       if (dot) { dot.className = "dot online"; }
       body.setAttribute("data-ws", "open");
+      // catch up on what happened between rendering this page (or losing the socket) and now
+      if (inbox || convId) { refresh(); }
       ping = setInterval(function () {
         ws.send(JSON.stringify({ type: "ping", presence: document.hidden ? "away" : "online" }));
       }, 20000);
