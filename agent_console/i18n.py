@@ -59,6 +59,7 @@ UI: dict[str, dict[str, str]] = {
     "team": {"id": "Tim", "en": "Team"},
     "capacity": {"id": "Kapasitas", "en": "Capacity"},
     "typing": {"id": "sedang mengetik…", "en": "is typing…"},
+    "timeline_older": {"id": "Tampilkan riwayat sebelumnya", "en": "Show earlier history"},
     "access_lost": {"id": "Percakapan ini sudah dialihkan dan tidak lagi terbuka untuk Anda.",
                     "en": "This conversation was moved and is no longer open to you."},
     # knowledge-base editor

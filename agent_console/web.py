@@ -50,6 +50,8 @@ LIVE_EVENTS = {"message.created", "message.status", "message.for_agent", "conver
                "conversation.escalated", "conversation.assigned", "conversation.sla_breached", "conversation.csat",
                "conversation.updated", "note.created", "agent.presence", "webchat.typing"}
 OPEN_STATES = ("queued", "assigned", "pending_customer")
+TIMELINE_ITEMS = 120  # newest timeline items on the conversation page (live refreshes re-render these)
+TIMELINE_ALL = 2000  # with ?history=all
 
 env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(HERE / "templates")),
                          autoescape=jinja2.select_autoescape(default=True, default_for_string=True))
@@ -75,6 +77,7 @@ class Console:
         self.sockets: dict[int, set[web.WebSocketResponse]] = defaultdict(set)
         self.store = AttachmentStore(rt.settings.data_dir)
         self.secure_cookies = rt.settings.env.get("LOKET_CONSOLE_SECURE_COOKIES", "auto")
+        self.timeline_items = TIMELINE_ITEMS
 
     # ------------------------------------------------------------ helpers
     def now(self) -> datetime:
@@ -248,32 +251,37 @@ class Console:
         return web.json_response(counts)
 
     # ------------------------------------------------------------ conversation
-    async def timeline(self, conv: dict[str, Any]) -> list[dict[str, Any]]:
-        """The customer's whole story across channels: messages and the touchpoints that are not messages."""
+    async def timeline(self, conv: dict[str, Any], limit: int = 120) -> tuple[list[dict[str, Any]], bool]:
+        """The customer's whole story across channels: messages and the touchpoints that are not messages, newest
+        ``limit`` items (and whether there are older ones). Delivery touchpoints of a shown message are left out:
+        the message shows its own delivery status and error."""
         cust = conv["customer_id"]
         async with self.rt.engine.connect() as conn:
             msgs = (await conn.execute(select(messages).where(messages.c.customer_id == cust)
-                                       .order_by(messages.c.id.desc()).limit(300))).mappings().all()
+                                       .order_by(messages.c.id.desc()).limit(limit + 1))).mappings().all()
             tps = (await conn.execute(select(touchpoints).where(
-                touchpoints.c.customer_id == cust, touchpoints.c.message_id.is_(None) | touchpoints.c.kind.notin_(
-                    ("message_in", "message_out"))).order_by(touchpoints.c.id.desc()).limit(300))).mappings().all()
+                touchpoints.c.customer_id == cust,
+                touchpoints.c.kind.notin_(("message_in", "message_out", "delivery"))
+                | ((touchpoints.c.kind == "delivery") & touchpoints.c.message_id.is_(None)))
+                .order_by(touchpoints.c.id.desc()).limit(limit + 1))).mappings().all()
             nts = (await conn.execute(select(notes, agents.c.name.label("agent_name"))
                                       .outerjoin(agents, agents.c.id == notes.c.agent_id)
-                                      .where(notes.c.conversation_id == conv["id"]))).mappings().all()
+                                      .where(notes.c.conversation_id == conv["id"])
+                                      .order_by(notes.c.id.desc()).limit(limit + 1))).mappings().all()
         items = [{"type": "message", "at": aware(m["created_at"]), **dict(m)} for m in msgs]
-        items += [{"type": "event", "at": aware(t["created_at"]), **dict(t)} for t in tps
-                  if t["kind"] not in {"message_in", "message_out"}]
+        items += [{"type": "event", "at": aware(t["created_at"]), **dict(t)} for t in tps]
         items += [{"type": "note", "at": aware(n["created_at"]), **dict(n)} for n in nts]
         items.sort(key=lambda i: (i["at"], i["type"] != "message", i["id"]))
-        return items
+        return items[-limit:], len(items) > limit
 
     async def conversation(self, request: web.Request, me: dict[str, Any]) -> web.Response:
         conv = await self.load_conv(request, me)
         if isinstance(conv, web.Response):
             return conv
-        items = await self.timeline(conv)
+        history = request.query.get("history") == "all"
+        items, older = await self.timeline(conv, TIMELINE_ALL if history else self.timeline_items)
         if request.query.get("partial"):
-            return self.render(request, "timeline.html", me=me, conv=conv, items=items)
+            return self.render(request, "timeline.html", me=me, conv=conv, items=items, older=older)
         async with self.rt.engine.connect() as conn:
             cust = (await conn.execute(select(customers).where(customers.c.id == conv["customer_id"]))).mappings().one()
             ident = (await conn.execute(select(identities).where(identities.c.id == conv["identity_id"]))
@@ -289,7 +297,7 @@ class Console:
                      "conversation.id": str(conv["id"])}
         canned_filled = [{"shortcut": c["shortcut"], "body": fill(c["body"], variables)} for c in canned]
         return self.render(request, "conversation.html", me=me, conv=conv, items=items, cust=cust, ident=ident,
-                           agents=agent_rows, teams=team_rows, canned=canned_filled, labels=label_rows,
+                           agents=agent_rows, teams=team_rows, canned=canned_filled, labels=label_rows, older=older,
                            sla=sla_state(conv, self.now()), rejected=request.query.get("rejected"),
                            templates=sorted(self.rt.settings.twilio_templates))
 

@@ -9,13 +9,15 @@
   var inbox = document.querySelector('[data-live="inbox"]');
   var convPage = document.querySelector('[data-live="conversation"]');
   var convId = convPage ? convPage.getAttribute("data-conv") : null;
-  var pending = null;
+  var pending = null;   // a fetch is scheduled or in flight
+  var again = false;    // an event came while it was: fetch once more when it is done
   var backoff = 500;
 
+  // The first event fetches at once (after the frames of the same commit have arrived); events during a fetch
+  // are folded into one more fetch afterwards, so the page is never behind and never fetches per frame.
   function refresh() {
-    if (pending) { return; }
+    if (pending) { again = true; return; }
     pending = setTimeout(function () {
-      pending = null;
       var url = new URL(window.location.href);
       url.searchParams.set("partial", "1");
       url.searchParams.delete("rejected");
@@ -41,8 +43,12 @@
           }
         }
         document.body.setAttribute("data-refreshed", String(Date.now()));
-      });
-    }, 30);
+      }).catch(function () { /* offline for a moment: the next event or reconnect fetches again */ })
+        .then(function () {
+          pending = null;
+          if (again) { again = false; refresh(); }
+        });
+    }, 2);
   }
 
   function connect() {
@@ -63,7 +69,8 @@
       var frame;
       try { frame = JSON.parse(ev.data); } catch (e) { return; }
       if (frame.type !== "event") { return; }
-      if (frame.name === "webchat.typing") { return; }
+      // message.for_agent always comes with the message.created of the same commit: one fetch is enough
+      if (frame.name === "webchat.typing" || frame.name === "message.for_agent") { return; }
       if (inbox) { refresh(); }
       else if (convId && String(frame.conversation_id) === convId) { refresh(); }
     };

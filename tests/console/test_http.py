@@ -238,3 +238,27 @@ async def test_customer_export_merge_erase_and_frustration(server: LoketServer) 
 async def _prio(server: LoketServer) -> dict[str, Any] | None:
     rows = await server.fetch(select(conversations).where(conversations.c.priority == "high"))
     return rows[0] if rows else None
+
+
+async def test_a_long_timeline_shows_the_newest_items_and_links_to_the_rest(server: LoketServer) -> None:
+    from tests.flows.helpers import Driver
+
+    await make_agent(server, "sup3@example.com", role="supervisor")
+    sup = Agent(server)
+    try:
+        await sup.login("sup3@example.com")
+        server.rt.services["console"].timeline_items = 20  # 120 by default
+        d = Driver(server.rt)
+        await d.send("halo")
+        await d.send("0")
+        for i in range(30):  # queued: the bot stays quiet, every message is for the agent
+            await d.send(f"pesan nomor {i}")
+        conv = await conv_of(server)
+        status, html = await sup.get(f"/console/c/{conv['id']}?partial=1")
+        assert status == 200 and html.count("<li") == 20 + 1 and "pesan nomor 29<" in html  # + the link
+        assert "pesan nomor 9<" not in html and 'id="timeline-older"' in html
+        status, html = await sup.get(f"/console/c/{conv['id']}?history=all")
+        assert "pesan nomor 0<" in html and "halo<" in html and 'id="timeline-older"' not in html
+        assert 'class="event kind-delivery' not in html  # a message shows its own delivery status
+    finally:
+        await sup.close()

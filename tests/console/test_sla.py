@@ -108,6 +108,8 @@ async def test_admin_edits_policies_and_open_conversations_follow(server: LoketS
         await sup.login("sup@example.com")
         assert (await sup.get("/console/admin/sla"))[0] == 403
         assert (await sup.post("/console/admin/sla", full_form()))[0] == 403
+        denied = await server.fetch(select(audit_log).where(audit_log.c.action == "access_denied"))
+        assert [(d["actor"], d["object_type"]) for d in denied] == [("sup@example.com", "sla")] * 2
         status, html = await admin.get("/console/admin/sla")
         assert status == 200 and 'name="default.normal.fr" id="default-normal-fr" value="1h"' in html
         assert f'name="team{team}.urgent.fr"' in html
