@@ -1,5 +1,5 @@
 """Escalation: queues, round-robin auto-assignment with capacity and presence, business hours, SLA, CSAT,
-frustration → priority.
+frustration and repeated failures → priority.
 
 The decisions are pure functions (``pick_agent``, ``sla_state``, ``is_open``, ``is_frustrated`` …) so they
 are tested without a server; ``tick`` applies them against the database every ``LOKET_CONSOLE_TICK``
@@ -9,7 +9,8 @@ Frustration is detected by a *pre-route hook* (same transaction as the inbound m
 it raises the priority of the customer's open conversation and records a ``priority_raised`` touchpoint,
 without taking the routing decision away from the bot's own steps (a router step would have to return a
 Decision and so end routing). The CSAT answer is a router step at order 12 that acts only while the
-conversation's meta holds a pending survey.
+conversation's meta holds a pending survey. Repeated bot failures raise the priority through a router observer
+(``agent_console.failures``); SLA targets and due times live in ``agent_console.sla``.
 """
 
 from __future__ import annotations

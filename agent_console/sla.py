@@ -6,7 +6,8 @@ inherit the default). An admin edits both at ``/console/admin/sla``.
 
 The clock of an SLA *episode* starts when the conversation is first queued for a person and keeps running
 through transfers; it ends when the conversation is resolved or handed back to the bot (the next escalation
-starts a new episode). The episode lives in ``meta["sla"]`` (``start``, ``ended``). Due times are
+starts a new episode; a queueing that is not a transfer after the episode's start also does, whoever resolved
+the conversation in between). The episode lives in ``meta["sla"]`` (``start``, ``ended``). Due times are
 ``start + target`` for the conversation's current priority and team, so raising the priority or editing a
 policy moves the due times of open conversations at the next escalation tick.
 """
@@ -179,6 +180,9 @@ def due_times(conv: dict[str, Any], policies: SlaPolicies) -> dict[str, Any]:
     meta = dict(conv.get("meta") or {})
     values: dict[str, Any] = {}
     current = episode(meta)
+    if current is not None and queued_at > datetime.fromisoformat(current["start"]) and \
+            (conv.get("handover") or {}).get("reason") != "transferred":
+        current = None  # queued again by the bot (or the API) after the episode ended elsewhere: a new one
     if current is None:
         start = queued_at
         meta["sla"] = {"start": start.isoformat()}

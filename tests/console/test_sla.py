@@ -61,9 +61,15 @@ def test_due_times_follow_the_episode_priority_and_team() -> None:
     assert v["first_response_due"] == T0 + timedelta(minutes=60) and v["meta"]["sla"]["start"] == T0.isoformat()
     conv.update(v)
     assert due_times(conv, policies) == {}  # up to date
-    transferred = {**conv, "queued_at": T0 + timedelta(minutes=20), "priority": "high", "team_id": 3}
+    transferred = {**conv, "queued_at": T0 + timedelta(minutes=20), "priority": "high", "team_id": 3,
+                   "handover": {"reason": "transferred", "bot_reason": "customer_asked"}}
     v = due_times(transferred, policies)  # same episode: the clock still starts at T0
     assert v == {"first_response_due": T0 + timedelta(minutes=10), "resolution_due": T0 + timedelta(minutes=100)}
+    # resolved elsewhere (the REST API) without ending the episode, then the bot queues it again: a new one
+    requeued = {**conv, "queued_at": T0 + timedelta(days=2), "handover": {"reason": "customer_asked"}}
+    v = due_times(requeued, policies)
+    assert v["meta"]["sla"] == {"start": (T0 + timedelta(days=2)).isoformat()}
+    assert v["first_response_due"] == T0 + timedelta(days=2, minutes=60)
     ended = {**conv, "meta": {"sla": {"start": T0.isoformat(), "ended": T0.isoformat()}, "sla_breached": "x"},
              "queued_at": T0 + timedelta(days=1), "first_response_at": T0 + timedelta(minutes=5)}
     v = due_times(ended, policies)  # a new episode: new start, the old first response does not count
