@@ -81,6 +81,7 @@ async def test_two_agents_live_reply_and_xss(browser: Browser, server: LoketServ
         # and the customer's answer arrives live on Ana's page
         await chat.send_text("Pesanan saya belum datang")
         await expect(ana.locator(".msg.in .body", has_text="belum datang")).to_be_visible(timeout=10000)
+        await ana.screenshot(path=screenshot_path("console-conversation"), full_page=True)
         # the other way round: Sari's private note and her taking the conversation appear live on Ana's page
         await sari.fill("#note-text", "Cek resi di gudang dulu")
         await sari.click("#save-note")
@@ -105,7 +106,6 @@ async def test_two_agents_live_reply_and_xss(browser: Browser, server: LoketServ
         await sari.click("#assign")
         await expect(sari.locator(".event.kind-assigned")).to_have_count(5, timeout=10000)
         await ana.reload()
-        await ana.screenshot(path=screenshot_path("console-conversation"), full_page=True)
         await ana.click("#resolve")
         await chat.wait_frame(lambda f: f.get("type") == "message" and len(f.get("choices") or []) == 5)
         await chat.say("4")
