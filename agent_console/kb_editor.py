@@ -17,7 +17,14 @@ from aiohttp import web
 
 from agent_console import auth
 from knowledge_base import store
-from knowledge_base.importer import LANGUAGES, MAX_BODY_CHARS, ArticleError, build_article, slugify
+from knowledge_base.importer import (
+    LANGUAGES,
+    MAX_BODY_CHARS,
+    ArticleError,
+    build_article,
+    first_paragraph,
+    slugify,
+)
 from knowledge_base.web import render_markdown
 
 if TYPE_CHECKING:
@@ -53,7 +60,9 @@ def article_from(fields: dict[str, str], published: bool) -> Any:
 def fields_of(article: dict[str, Any]) -> dict[str, str]:
     return {"id": article["external_id"], "title": article["title"], "language": article["language"],
             "category": article["category"], "tags": ", ".join(article["tags"] or []),
-            "questions": "\n".join(article["questions"] or []), "answer": article["answer"] or "",
+            "questions": "\n".join(article["questions"] or []),
+            # an answer that is just the first paragraph stays empty, so it follows later edits of the body
+            "answer": "" if article["answer"] == first_paragraph(article["body"]) else article["answer"] or "",
             "body": article["body"], "version": str(article["version"])}
 
 

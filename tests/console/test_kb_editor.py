@@ -116,6 +116,9 @@ async def test_draft_publish_unpublish_versions_audit_and_live_index(server: Lok
     assert ARTICLE not in other_process.ranker.docs
     assert await other_process.reload() and ARTICLE in other_process.ranker.docs
 
+    # the editor shows an answer that is only the first paragraph as empty, so it follows the body
+    status, html = await sup.get(f"/console/kb/a/{ARTICLE}")
+    assert re.search(r'<textarea name="answer" id="kb-answer" rows="2"></textarea>', html)
     # an edit: "save" keeps it published and makes version 3
     changed = {**PETS, "body": PETS["body"] + "\n\nKucing boleh menunggu di mobil.", "version": "2"}
     status, _ = await sup.post(f"/console/kb/a/{ARTICLE}", {**changed, "action": "save"})
