@@ -1,5 +1,5 @@
 """Escalation: queues, round-robin auto-assignment with capacity and presence, business hours, SLA, CSAT,
-frustration → priority.
+frustration and repeated failures → priority.
 
 The decisions are pure functions (``pick_agent``, ``sla_state``, ``is_open``, ``is_frustrated`` …) so they
 are tested without a server; ``tick`` applies them against the database every ``LOKET_CONSOLE_TICK``
@@ -9,7 +9,8 @@ Frustration is detected by a *pre-route hook* (same transaction as the inbound m
 it raises the priority of the customer's open conversation and records a ``priority_raised`` touchpoint,
 without taking the routing decision away from the bot's own steps (a router step would have to return a
 Decision and so end routing). The CSAT answer is a router step at order 12 that acts only while the
-conversation's meta holds a pending survey.
+conversation's meta holds a pending survey. Repeated bot failures raise the priority through a router observer
+(``agent_console.failures``); SLA targets and due times live in ``agent_console.sla``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select, update
 
+from agent_console.sla import PRIORITIES, due_times, load_policies
 from bot.clock import aware
 from bot.effects import Custom, Decision, Send, Touch, UpdateConversation
 from bot.messages import Choice, Reply
@@ -39,10 +41,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("loket.console")
 
-PRIORITIES = ["low", "normal", "high", "urgent"]
-# (first response, resolution) in minutes
-DEFAULT_SLA: dict[str, tuple[int, int]] = {"urgent": (15, 240), "high": (30, 480), "normal": (60, 1440),
-                                           "low": (240, 2880)}
 PRESENCE_TIMEOUT = timedelta(seconds=90)
 ORDER_CSAT = 12
 FRUSTRATION_WORDS = {"kecewa", "marah", "parah", "kesal", "jengkel", "payah", "angry", "terrible", "awful",
@@ -94,11 +92,6 @@ def is_frustrated(text: str) -> bool:
 def raised_priority(current: str) -> str:
     idx = PRIORITIES.index(current) if current in PRIORITIES else 1
     return PRIORITIES[min(max(idx + 1, 2), len(PRIORITIES) - 1)]
-
-
-def sla_targets(priority: str, policies: dict[str, tuple[int, int]] | None = None) -> tuple[timedelta, timedelta]:
-    fr, res = (policies or {}).get(priority) or DEFAULT_SLA.get(priority, DEFAULT_SLA["normal"])
-    return timedelta(minutes=fr), timedelta(minutes=res)
 
 
 def sla_state(conv: dict[str, Any], now: datetime) -> str:
@@ -230,6 +223,25 @@ async def csat_step(ctx: RouteContext) -> Decision | None:
     return None
 
 
+async def raise_priority(conn: Any, *, conversation_id: int, customer_id: int, channel: str | None, old: str,
+                         new: str, now: datetime, reason: str, **details: Any) -> None:
+    """Set the priority and say why on the timeline (``priority_raised``)."""
+    await conn.execute(update(conversations).where(conversations.c.id == conversation_id)
+                       .values(priority=new, updated_at=now))
+    await add_touchpoint(conn, customer_id=customer_id, conversation_id=conversation_id, kind="priority_raised",
+                         now=now, channel=channel, actor="bot",
+                         payload={"from": old, "to": new, "reason": reason, **details})
+
+
+async def apply_raise_priority(actx: ApplyContext, eff: Custom) -> None:
+    d = dict(eff.data)
+    await raise_priority(actx.conn, conversation_id=actx.conversation_id, customer_id=actx.customer_id,
+                         channel=actx.channel, old=d.pop("from"), new=d.pop("to"), now=actx.now,
+                         reason=d.pop("reason"), **d)
+    actx.events.append(("conversation.updated", {"conversation_id": actx.conversation_id,
+                                                 "customer_id": actx.customer_id, "priority": eff.data["to"]}))
+
+
 async def frustration_hook(conn: Any, msg: Any, identity: dict[str, Any], customer: dict[str, Any],
                            pipeline: Any) -> bool:
     if not msg.text or not is_frustrated(msg.text):
@@ -242,11 +254,9 @@ async def frustration_hook(conn: Any, msg: Any, identity: dict[str, Any], custom
         return False
     new = raised_priority(conv["priority"])
     if new != conv["priority"]:
-        now = pipeline.clock.now()
-        await conn.execute(update(conversations).where(conversations.c.id == conv["id"]).values(priority=new))
-        await add_touchpoint(conn, customer_id=customer["id"], conversation_id=conv["id"], kind="priority_raised",
-                             now=now, channel=identity["channel"], actor="bot",
-                             payload={"from": conv["priority"], "to": new, "reason": "frustration"})
+        await raise_priority(conn, conversation_id=conv["id"], customer_id=customer["id"],
+                             channel=identity["channel"], old=conv["priority"], new=new,
+                             now=pipeline.clock.now(), reason="frustration")
     return False
 
 
@@ -274,12 +284,6 @@ class Escalation:
             except TimeoutError:
                 pass
 
-    async def policies(self, conn: Any) -> dict[str, tuple[int, int]]:
-        from agent_console.models import sla_policies
-
-        rows = (await conn.execute(select(sla_policies))).mappings().all()
-        return {r["priority"]: (r["first_response_minutes"], r["resolution_minutes"]) for r in rows}
-
     async def tick(self) -> None:
         from bot.effects import SetState
         from bot.outbound import SendRejected, act_on_conversation
@@ -290,36 +294,31 @@ class Escalation:
             await conn.execute(update(agents).where(agents.c.presence != "offline",
                                                     agents.c.presence_at < now - PRESENCE_TIMEOUT)
                                .values(presence="offline"))
-            policies = await self.policies(conn)
-            queued = [dict(r) for r in (await conn.execute(
-                select(conversations).where(conversations.c.state == "queued").order_by(conversations.c.queued_at)
-            )).mappings().all()]
+            policies = await load_policies(conn)
+            open_rows = [dict(r) for r in (await conn.execute(
+                select(conversations).where(conversations.c.state.in_(("queued", "assigned", "pending_customer")))
+                .order_by(conversations.c.queued_at))).mappings().all()]
             team_rows = {r["id"]: dict(r) for r in (await conn.execute(select(teams))).mappings().all()}
-            for conv in queued:
-                if conv["first_response_due"] is None and conv["queued_at"] is not None:
-                    fr, res = sla_targets(conv["priority"], policies)
-                    q = aware(conv["queued_at"])
-                    assert q is not None
-                    conv["first_response_due"], conv["resolution_due"] = q + fr, q + res
-                    await conn.execute(update(conversations).where(conversations.c.id == conv["id"])
-                                       .values(first_response_due=q + fr, resolution_due=q + res))
-            # SLA breaches (counted once per conversation)
-            open_rows = (await conn.execute(
-                select(conversations).where(conversations.c.state.in_(("queued", "assigned", "pending_customer")),
-                                            conversations.c.first_response_due.is_not(None))
-            )).mappings().all()
+            # SLA due times: from the episode's start and the current priority, team and policies
             breached_events: list[tuple[str, dict[str, Any]]] = []
             for conv in open_rows:
-                if sla_state(dict(conv), now) == "breached" and not (conv["meta"] or {}).get("sla_breached"):
-                    await conn.execute(update(conversations).where(conversations.c.id == conv["id"])
-                                       .values(meta={**(conv["meta"] or {}), "sla_breached": now.isoformat()}))
+                values = due_times(conv, policies)
+                if values:
+                    await conn.execute(update(conversations).where(conversations.c.id == conv["id"]).values(**values))
+                    conv.update(values)
+                # breaches, counted once per episode
+                if sla_state(conv, now) == "breached" and not (conv["meta"] or {}).get("sla_breached"):
+                    meta = {**(conv["meta"] or {}), "sla_breached": now.isoformat()}
+                    await conn.execute(update(conversations).where(conversations.c.id == conv["id"]).values(meta=meta))
+                    conv["meta"] = meta
                     await add_touchpoint(conn, customer_id=conv["customer_id"], conversation_id=conv["id"],
                                          kind="sla_breached", now=now, channel=conv["channel"],
-                                         payload={"priority": conv["priority"]})
+                                         payload={"priority": conv["priority"], "team_id": conv["team_id"]})
                     breached_events.append(("conversation.sla_breached",
                                             {"conversation_id": conv["id"], "customer_id": conv["customer_id"]}))
+            queued = [c for c in open_rows if c["state"] == "queued"]
             agent_rows = (await conn.execute(select(agents).where(agents.c.active.is_(True)))).mappings().all()
-            loads = dict((await conn.execute(
+            loads: dict[int, int] = dict((await conn.execute(
                 select(conversations.c.assignee_id, func.count())
                 .where(conversations.c.state.in_(("assigned", "pending_customer")),
                        conversations.c.assignee_id.is_not(None))
@@ -388,7 +387,11 @@ def setup(rt: Runtime) -> None:
     rt.pipeline.appliers["console.assign"] = apply_assign
     rt.pipeline.appliers["console.first_response"] = apply_first_response
     rt.pipeline.appliers["console.csat"] = apply_csat
+    rt.pipeline.appliers["console.raise_priority"] = apply_raise_priority
     rt.pipeline.pre_route_hooks.append(frustration_hook)
+    from agent_console.failures import make_observer, threshold_from
+
+    rt.router.observe("repeated_failures", make_observer(threshold_from(rt.settings.env)))
     rt.router.add("csat", csat_step, ORDER_CSAT)
 
     async def on_event(name: str, payload: dict[str, Any]) -> None:

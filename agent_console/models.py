@@ -1,4 +1,4 @@
-"""Console tables the core lacks: sessions, login attempts, canned replies, notes, labels, SLA policies."""
+"""Console tables the core lacks: sessions, login attempts, canned replies, notes, labels, SLA policies (default and per team)."""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ class Label(Base):
 
 
 class SlaPolicy(Base):
-    """Targets per priority, in minutes. A missing row falls back to escalation.DEFAULT_SLA."""
+    """Targets per priority, in minutes. A missing row falls back to sla.DEFAULT_SLA."""
 
     __tablename__ = "console_sla_policies"
     priority: Mapped[str] = mapped_column(String(16), primary_key=True)
@@ -75,9 +75,20 @@ class SlaPolicy(Base):
     meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
+class SlaTeamPolicy(Base):
+    """A team's own targets for one priority; priorities without a row inherit ``console_sla_policies``."""
+
+    __tablename__ = "console_sla_team_policies"
+    team_id: Mapped[int] = mapped_column(BigId, ForeignKey("teams.id", ondelete="CASCADE"), primary_key=True)
+    priority: Mapped[str] = mapped_column(String(16), primary_key=True)
+    first_response_minutes: Mapped[int] = mapped_column(Integer)
+    resolution_minutes: Mapped[int] = mapped_column(Integer)
+
+
 console_sessions = cast(Table, ConsoleSession.__table__)
 login_attempts = cast(Table, LoginAttempt.__table__)
 canned_replies = cast(Table, CannedReply.__table__)
 notes = cast(Table, ConversationNote.__table__)
 labels = cast(Table, Label.__table__)
 sla_policies = cast(Table, SlaPolicy.__table__)
+sla_team_policies = cast(Table, SlaTeamPolicy.__table__)

@@ -19,8 +19,8 @@ import jinja2
 from aiohttp import WSMsgType, web
 from sqlalchemy import delete, insert, or_, select, update
 
-from agent_console import auth
-from agent_console.escalation import PRIORITIES, csat_question, sla_state
+from agent_console import auth, kb_editor, sla, sla_admin
+from agent_console.escalation import csat_question, sla_state
 from agent_console.i18n import ui
 from agent_console.models import canned_replies, labels, notes
 from bot.attachments import AttachmentRejected, AttachmentStore
@@ -50,12 +50,19 @@ LIVE_EVENTS = {"message.created", "message.status", "message.for_agent", "conver
                "conversation.escalated", "conversation.assigned", "conversation.sla_breached", "conversation.csat",
                "conversation.updated", "note.created", "agent.presence", "webchat.typing"}
 OPEN_STATES = ("queued", "assigned", "pending_customer")
+TIMELINE_ITEMS = 120  # newest timeline items on the conversation page (live refreshes re-render these)
+TIMELINE_ALL = 2000  # with ?history=all
 
 env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(HERE / "templates")),
                          autoescape=jinja2.select_autoescape(default=True, default_for_string=True))
 
 
 def _fmt_dt(value: Any) -> str:
+    if isinstance(value, str):  # ISO times kept in JSON (meta, handover)
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            return value
     dt = aware(value)
     return dt.strftime("%Y-%m-%d %H:%M") if dt else ""
 
@@ -70,6 +77,7 @@ class Console:
         self.sockets: dict[int, set[web.WebSocketResponse]] = defaultdict(set)
         self.store = AttachmentStore(rt.settings.data_dir)
         self.secure_cookies = rt.settings.env.get("LOKET_CONSOLE_SECURE_COOKIES", "auto")
+        self.timeline_items = TIMELINE_ITEMS
 
     # ------------------------------------------------------------ helpers
     def now(self) -> datetime:
@@ -82,7 +90,7 @@ class Console:
         sess = ctx.get("me")
         lang = (sess or {}).get("language") or request.query.get("lang") or "id"
         body = env.get_template(name).render(
-            _=lambda k: ui(k, lang), lang=lang, now=self.now(), priorities=PRIORITIES,
+            _=lambda k: ui(k, lang), lang=lang, now=self.now(), priorities=sla.PRIORITIES,
             csrf=(sess or {}).get("csrf_token", ""), **ctx)
         resp = web.Response(text=body, status=status, content_type="text/html")
         resp.headers["Content-Security-Policy"] = ("default-src 'self'; img-src 'self' data:; "
@@ -243,32 +251,37 @@ class Console:
         return web.json_response(counts)
 
     # ------------------------------------------------------------ conversation
-    async def timeline(self, conv: dict[str, Any]) -> list[dict[str, Any]]:
-        """The customer's whole story across channels: messages and the touchpoints that are not messages."""
+    async def timeline(self, conv: dict[str, Any], limit: int = 120) -> tuple[list[dict[str, Any]], bool]:
+        """The customer's whole story across channels: messages and the touchpoints that are not messages, newest
+        ``limit`` items (and whether there are older ones). Delivery touchpoints of a shown message are left out:
+        the message shows its own delivery status and error."""
         cust = conv["customer_id"]
         async with self.rt.engine.connect() as conn:
             msgs = (await conn.execute(select(messages).where(messages.c.customer_id == cust)
-                                       .order_by(messages.c.id.desc()).limit(300))).mappings().all()
+                                       .order_by(messages.c.id.desc()).limit(limit + 1))).mappings().all()
             tps = (await conn.execute(select(touchpoints).where(
-                touchpoints.c.customer_id == cust, touchpoints.c.message_id.is_(None) | touchpoints.c.kind.notin_(
-                    ("message_in", "message_out"))).order_by(touchpoints.c.id.desc()).limit(300))).mappings().all()
+                touchpoints.c.customer_id == cust,
+                touchpoints.c.kind.notin_(("message_in", "message_out", "delivery"))
+                | ((touchpoints.c.kind == "delivery") & touchpoints.c.message_id.is_(None)))
+                .order_by(touchpoints.c.id.desc()).limit(limit + 1))).mappings().all()
             nts = (await conn.execute(select(notes, agents.c.name.label("agent_name"))
                                       .outerjoin(agents, agents.c.id == notes.c.agent_id)
-                                      .where(notes.c.conversation_id == conv["id"]))).mappings().all()
+                                      .where(notes.c.conversation_id == conv["id"])
+                                      .order_by(notes.c.id.desc()).limit(limit + 1))).mappings().all()
         items = [{"type": "message", "at": aware(m["created_at"]), **dict(m)} for m in msgs]
-        items += [{"type": "event", "at": aware(t["created_at"]), **dict(t)} for t in tps
-                  if t["kind"] not in {"message_in", "message_out"}]
+        items += [{"type": "event", "at": aware(t["created_at"]), **dict(t)} for t in tps]
         items += [{"type": "note", "at": aware(n["created_at"]), **dict(n)} for n in nts]
         items.sort(key=lambda i: (i["at"], i["type"] != "message", i["id"]))
-        return items
+        return items[-limit:], len(items) > limit
 
     async def conversation(self, request: web.Request, me: dict[str, Any]) -> web.Response:
         conv = await self.load_conv(request, me)
         if isinstance(conv, web.Response):
             return conv
-        items = await self.timeline(conv)
+        history = request.query.get("history") == "all"
+        items, older = await self.timeline(conv, TIMELINE_ALL if history else self.timeline_items)
         if request.query.get("partial"):
-            return self.render(request, "timeline.html", me=me, conv=conv, items=items)
+            return self.render(request, "timeline.html", me=me, conv=conv, items=items, older=older)
         async with self.rt.engine.connect() as conn:
             cust = (await conn.execute(select(customers).where(customers.c.id == conv["customer_id"]))).mappings().one()
             ident = (await conn.execute(select(identities).where(identities.c.id == conv["identity_id"]))
@@ -284,7 +297,7 @@ class Console:
                      "conversation.id": str(conv["id"])}
         canned_filled = [{"shortcut": c["shortcut"], "body": fill(c["body"], variables)} for c in canned]
         return self.render(request, "conversation.html", me=me, conv=conv, items=items, cust=cust, ident=ident,
-                           agents=agent_rows, teams=team_rows, canned=canned_filled, labels=label_rows,
+                           agents=agent_rows, teams=team_rows, canned=canned_filled, labels=label_rows, older=older,
                            sla=sla_state(conv, self.now()), rejected=request.query.get("rejected"),
                            templates=sorted(self.rt.settings.twilio_templates))
 
@@ -332,15 +345,18 @@ class Console:
                 effects = [Custom("console.assign", {"assignee_id": int(ident), "by": by})]
                 if conv["state"] in {"queued", "bot", "resolved"}:
                     effects.append(SetState("assigned", reason="assigned_by_agent"))
+                if conv["state"] in {"bot", "resolved"}:  # a person takes it from the bot: the SLA clock starts
+                    effects.append(UpdateConversation(meta=sla.started(self.now())))
             elif kind == "team" and ident.isdigit():
                 effects = [Custom("console.assign", {"team_id": int(ident), "assignee_id": None, "by": by})]
-                if conv["state"] != "queued":
-                    effects.append(SetState("queued", reason="transferred"))
+                if conv["state"] != "queued":  # the bot's reasons stay with the conversation
+                    effects.append(SetState("queued", reason="transferred",
+                                            details={**_bot_handover(conv["handover"]), "transferred_by": me["name"]}))
             else:
                 raise web.HTTPBadRequest(text="unknown assignee")
         elif action == "priority":
             prio = str(data.get("priority") or "")
-            if prio not in PRIORITIES:
+            if prio not in sla.PRIORITIES:
                 raise web.HTTPBadRequest(text="unknown priority")
             effects = [UpdateConversation(priority=prio), Emit_("conversation.updated")]
         elif action == "labels":
@@ -357,14 +373,19 @@ class Console:
                        Touch("snoozed", {"until": until.isoformat()}, actor=by)]
         elif action == "resolve":
             lang = conv["language"] or "id"
+            done = {**sla.ended(conv["meta"], self.now()), "failures": None}
             effects = [SetState("resolved", reason="agent_resolved"), Touch("resolved", {}, actor=by)]
             if str(data.get("csat") or "1") == "1":
-                effects += [UpdateConversation(meta={"csat": {"stage": "score"}}), Send(csat_question(lang))]
+                effects += [UpdateConversation(meta={**done, "csat": {"stage": "score"}}), Send(csat_question(lang))]
+            else:
+                effects.append(UpdateConversation(meta=done))
         elif action == "reopen":
             effects = [SetState("assigned", reason="reopened"),
-                       Custom("console.assign", {"assignee_id": me["agent_id"], "by": by})]
+                       Custom("console.assign", {"assignee_id": me["agent_id"], "by": by}),
+                       UpdateConversation(meta=sla.started(self.now()))]
         elif action == "handback":
-            effects = [SetState("bot", reason="handed_back"), Touch("handed_back", {}, actor=by)]
+            effects = [SetState("bot", reason="handed_back"), Touch("handed_back", {}, actor=by),
+                       UpdateConversation(meta={**sla.ended(conv["meta"], self.now()), "failures": None})]
         else:
             raise web.HTTPNotFound()
         try:
@@ -440,7 +461,6 @@ class Console:
             allowed = [c for c in convs if await self.can_open(me, c)]
             if not allowed:
                 return await self.forbidden(request, me, "customer", cust_id)
-        tps = []
         async with self.rt.engine.connect() as conn:
             tps = (await conn.execute(select(touchpoints).where(touchpoints.c.customer_id == cust_id)
                                       .order_by(touchpoints.c.id.desc()).limit(200))).mappings().all()
@@ -512,10 +532,8 @@ class Console:
         resolved = [c for c in convs if c["state"] == "resolved" or c["resolved_at"]]
         bot_only = [c for c in resolved if c["id"] not in human and c["assignee_id"] is None]
         total = len(convs) or 1
-        fr = [(aware(c["first_response_at"]) - aware(c["queued_at"])).total_seconds() / 60  # type: ignore[operator]
-              for c in convs if c["first_response_at"] and c["queued_at"]]
-        rs = [(aware(c["resolved_at"]) - aware(c["queued_at"])).total_seconds() / 60  # type: ignore[operator]
-              for c in convs if c["resolved_at"] and c["queued_at"]]
+        fr = minutes_since_start(convs, "first_response_at")
+        rs = minutes_since_start(convs, "resolved_at")
         scores = [c["csat_score"] for c in convs if c["csat_score"]]
         load = Counter(c["assignee_id"] for c in convs if c["state"] in OPEN_STATES and c["assignee_id"])
         stats = {
@@ -661,6 +679,24 @@ def _q(text: str) -> str:
     return quote(text[:300])
 
 
+def _bot_handover(handover: dict[str, Any] | None) -> dict[str, Any]:
+    """The bot's original handover reasons, kept through transfers between teams."""
+    h = dict(handover or {})
+    if h.get("reason") == "transferred":
+        return {k: v for k, v in h.items() if k not in {"reason", "team", "transferred_by"}}
+    return {("bot_reason" if k == "reason" else k): v for k, v in h.items() if k != "team" and v is not None}
+
+
+def minutes_since_start(convs: list[dict[str, Any]], done_key: str) -> list[float]:
+    """Minutes from the start of each conversation's SLA episode to ``done_key`` (first response, resolution)."""
+    out = []
+    for c in convs:
+        start, done = sla.episode_start(c), aware(c[done_key])
+        if start is not None and done is not None and done >= start:
+            out.append((done - start).total_seconds() / 60)
+    return out
+
+
 def _safe_name(name: str) -> str:
     return "".join(c for c in name if c.isalnum() or c in "._- ")[:100] or "file"
 
@@ -763,6 +799,8 @@ def setup(rt: Runtime) -> None:
     r.add_route("*", "/console/admin/canned", authed(console.canned_page))
     r.add_route("*", "/console/admin", authed(console.admin_page))
     r.add_get("/console/ws", authed(console.ws))
+    kb_editor.install(console, authed)
+    sla_admin.install(console, authed)
     r.add_static("/console/static", HERE / "static")
 
     async def close_sockets() -> None:

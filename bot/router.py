@@ -7,6 +7,10 @@ the knowledge base), then the default. The first step that returns a Decision wi
 Steps get a ``RouteContext`` and return effects; they perform no I/O of their own. A feature step that
 needs data (the knowledge-base index, the flow registry, a handler) gets it from ``ctx.services``; the
 pipeline commits the effects atomically.
+
+After the deciding step, *observers* (``Router.observe``) see the decision and may return an amended one
+(more effects, richer handover details). They are pure as well: the repeated-failure counter of the agent
+console keeps its streak in the conversation's meta this way, without a query of its own.
 """
 
 from __future__ import annotations
@@ -46,7 +50,13 @@ class ConversationView:
     meta: dict[str, Any]
     is_new: bool = False
     reopened: bool = False
-    recent_failures: int = 0
+
+    @property
+    def recent_failures(self) -> int:
+        """Turns in a row in which the bot failed the customer (``meta["failures"]["count"]``, kept by the
+        repeated-failure observer of ``agent_console.failures``); 0 when nothing counts them."""
+        streak = self.meta.get("failures")
+        return int(streak.get("count") or 0) if isinstance(streak, dict) else 0
 
 
 @dataclass
@@ -91,6 +101,7 @@ def resolve_choice(text: str, choices: list[dict[str, str]]) -> str | None:
 
 
 Step = Callable[[RouteContext], Awaitable[Decision | None]]
+Observer = Callable[[RouteContext, Decision], Decision]
 
 
 @dataclass(order=True)
@@ -112,6 +123,7 @@ ORDER_DEFAULT = 90
 class Router:
     def __init__(self) -> None:
         self._steps: list[_Registered] = []
+        self._observers: list[tuple[str, Observer]] = []
 
     def add(self, name: str, step: Step, order: int) -> None:
         if any(r.name == name for r in self._steps):
@@ -123,10 +135,20 @@ class Router:
     def step_names(self) -> list[str]:
         return [r.name for r in self._steps]
 
+    def observe(self, name: str, observer: Observer) -> None:
+        """Let ``observer`` amend every decision after the deciding step (in registration order)."""
+        if any(n == name for n, _ in self._observers):
+            raise ValueError(f"router observer {name!r} is already registered; each observer registers once")
+        self._observers.append((name, observer))
+
     async def route(self, ctx: RouteContext) -> Decision:
+        decision = Decision(step="none")
         for reg in self._steps:
-            decision = await reg.step(ctx)
-            if decision is not None:
-                decision.step = decision.step or reg.name
-                return decision
-        return Decision(step="none")
+            found = await reg.step(ctx)
+            if found is not None:
+                found.step = found.step or reg.name
+                decision = found
+                break
+        for _, observer in self._observers:
+            decision = observer(ctx, decision)
+        return decision

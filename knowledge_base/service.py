@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.clock import Clock
@@ -149,6 +150,34 @@ class KnowledgeBase:
         if self.live and (result.created or result.updated):
             await self.reload()
         return result
+
+    async def save_article(self, art: ArticleInput, *, create: bool,
+                           expected_version: int | None = None) -> tuple[str, int]:
+        """Save one article from the console editor: (``created`` / ``updated`` / ``unchanged``, its version).
+
+        ``create`` refuses an id that exists; an update refuses when the stored version is no longer
+        ``expected_version`` (someone else saved meanwhile). Both raise ``store.VersionConflict``. The index
+        of this process is rebuilt at once; other processes follow ``kb_state.version``.
+        """
+        now = self.clock.now()
+        try:
+            async with self.engine.begin() as conn:
+                existing = await store.get_article(conn, art.external_id)
+                if create and existing is not None:
+                    raise store.VersionConflict(f"the id {art.external_id!r} is already used by another article")
+                if not create and existing is None:
+                    raise store.VersionConflict(f"there is no article {art.external_id!r} any more")
+                outcome = await store.upsert_article(conn, art, now,
+                                                     expected_version=None if create else expected_version)
+                if outcome != "unchanged":
+                    await store.bump_version(conn, now)
+                saved = await store.get_article(conn, art.external_id)
+                assert saved is not None
+        except IntegrityError as exc:  # two editors created the same id at once
+            raise store.VersionConflict(f"the id {art.external_id!r} is already used by another article") from exc
+        if self.live and outcome != "unchanged":
+            await self.reload()
+        return outcome, int(saved["version"])
 
     async def is_empty(self) -> bool:
         async with self.engine.connect() as conn:

@@ -31,8 +31,17 @@ async def article_count(conn: AsyncConnection) -> int:
     return int((await conn.execute(select(func.count()).select_from(kb_articles))).scalar_one())
 
 
-async def upsert_article(conn: AsyncConnection, art: ArticleInput, now: datetime) -> str:
-    """Insert or update by external id: returns ``created``, ``updated`` or ``unchanged``."""
+class VersionConflict(Exception):
+    """The article changed (or appeared) since the editor read it."""
+
+
+async def upsert_article(conn: AsyncConnection, art: ArticleInput, now: datetime,
+                         expected_version: int | None = None) -> str:
+    """Insert or update by external id: returns ``created``, ``updated`` or ``unchanged``.
+
+    With ``expected_version`` the update only happens while the stored version is still that one (an editor's
+    optimistic lock); otherwise VersionConflict is raised.
+    """
     row = (
         await conn.execute(
             select(kb_articles.c.id, kb_articles.c.content_hash, kb_articles.c.version)
@@ -47,10 +56,15 @@ async def upsert_article(conn: AsyncConnection, art: ArticleInput, now: datetime
         await conn.execute(kb_articles.insert().values(external_id=art.external_id, version=1, views=0, helpful=0,
                                                        unhelpful=0, created_at=now, **values))
         return "created"
+    if expected_version is not None and row.version != expected_version:
+        raise VersionConflict(f"article {art.external_id!r} is at version {row.version}, not {expected_version}")
     if row.content_hash == art.content_hash:
         return "unchanged"
-    await conn.execute(update(kb_articles).where(kb_articles.c.id == row.id).values(version=row.version + 1,
-                                                                                   **values))
+    res = await conn.execute(update(kb_articles).where(kb_articles.c.id == row.id,
+                                                       kb_articles.c.version == row.version)
+                             .values(version=row.version + 1, **values))
+    if res.rowcount == 0:
+        raise VersionConflict(f"article {art.external_id!r} was changed by someone else meanwhile")
     return "updated"
 
 
@@ -85,6 +99,35 @@ async def published_docs(conn: AsyncConnection) -> list[Doc]:
 async def get_article(conn: AsyncConnection, external_id: str) -> dict[str, Any] | None:
     row = (await conn.execute(select(kb_articles).where(kb_articles.c.external_id == external_id))).mappings().first()
     return dict(row) if row else None
+
+
+async def list_articles(conn: AsyncConnection, *, language: str | None = None, category: str | None = None,
+                        published: bool | None = None, text: str | None = None,
+                        limit: int = 500) -> list[dict[str, Any]]:
+    """Articles for the editor's list, drafts included, newest change first."""
+    q = select(kb_articles.c.external_id, kb_articles.c.title, kb_articles.c.language, kb_articles.c.category,
+               kb_articles.c.published, kb_articles.c.version, kb_articles.c.views, kb_articles.c.helpful,
+               kb_articles.c.unhelpful, kb_articles.c.updated_at)
+    if language:
+        q = q.where(kb_articles.c.language == language)
+    if category:
+        q = q.where(kb_articles.c.category == category)
+    if published is not None:
+        q = q.where(kb_articles.c.published.is_(published))
+    if text:
+        needle = text.lower()
+        q = q.where(func.lower(kb_articles.c.title).contains(needle, autoescape=True)
+                    | func.lower(kb_articles.c.external_id).contains(needle, autoescape=True))
+    rows = (await conn.execute(q.order_by(kb_articles.c.updated_at.desc(), kb_articles.c.id.desc())
+                               .limit(limit))).mappings().all()
+    return [dict(r) for r in rows]
+
+
+async def all_categories(conn: AsyncConnection) -> list[dict[str, Any]]:
+    """Every category in every language (drafts' categories too), for the editor."""
+    rows = (await conn.execute(select(kb_categories.c.slug, kb_categories.c.language, kb_categories.c.name)
+                               .order_by(kb_categories.c.language, kb_categories.c.name))).mappings().all()
+    return [dict(r) for r in rows]
 
 
 async def categories(conn: AsyncConnection, language: str) -> list[dict[str, Any]]:

@@ -9,17 +9,21 @@
   var inbox = document.querySelector('[data-live="inbox"]');
   var convPage = document.querySelector('[data-live="conversation"]');
   var convId = convPage ? convPage.getAttribute("data-conv") : null;
-  var pending = null;
+  var pending = null;   // a fetch is scheduled or in flight
+  var again = false;    // an event came while it was: fetch once more when it is done
   var backoff = 500;
 
+  // The first event fetches at once (after the frames of the same commit have arrived); events during a fetch
+  // are folded into one more fetch afterwards, so the page is never behind and never fetches per frame.
   function refresh() {
-    if (pending) { return; }
+    if (pending) { again = true; return; }
     pending = setTimeout(function () {
-      pending = null;
       var url = new URL(window.location.href);
       url.searchParams.set("partial", "1");
       url.searchParams.delete("rejected");
       fetch(url.toString(), { credentials: "same-origin" }).then(function (r) {
+        var lost = document.getElementById("access-lost");
+        if (r.status === 403 && lost) { lost.hidden = false; }  // moved to a team this agent is not in
         return r.ok ? r.text() : null;
       }).then(function (html) {
         if (html === null) { return; }
@@ -39,8 +43,12 @@
           }
         }
         document.body.setAttribute("data-refreshed", String(Date.now()));
-      });
-    }, 30);
+      }).catch(function () { /* offline for a moment: the next event or reconnect fetches again */ })
+        .then(function () {
+          pending = null;
+          if (again) { again = false; refresh(); }
+        });
+    }, 2);
   }
 
   function connect() {
@@ -51,6 +59,8 @@
       backoff = 500;
       if (dot) { dot.className = "dot online"; }
       body.setAttribute("data-ws", "open");
+      // catch up on what happened between rendering this page (or losing the socket) and now
+      if (inbox || convId) { refresh(); }
       ping = setInterval(function () {
         ws.send(JSON.stringify({ type: "ping", presence: document.hidden ? "away" : "online" }));
       }, 20000);
@@ -59,7 +69,8 @@
       var frame;
       try { frame = JSON.parse(ev.data); } catch (e) { return; }
       if (frame.type !== "event") { return; }
-      if (frame.name === "webchat.typing") { return; }
+      // message.for_agent always comes with the message.created of the same commit: one fetch is enough
+      if (frame.name === "webchat.typing" || frame.name === "message.for_agent") { return; }
       if (inbox) { refresh(); }
       else if (convId && String(frame.conversation_id) === convId) { refresh(); }
     };
@@ -91,4 +102,38 @@
       fetch("/console/c/" + convId + "/typing", { method: "POST", body: form, credentials: "same-origin" });
     });
   }
+})();
+
+// Knowledge-base editor: the preview is rendered by the server (the help centre's renderer, sanitised).
+(function () {
+  "use strict";
+  var csrf = document.body.getAttribute("data-csrf");
+  var bodyField = document.getElementById("kb-body");
+  var titleField = document.getElementById("kb-title");
+  var pane = document.getElementById("kb-preview");
+  if (!csrf || !bodyField || !pane) { return; }
+  var timer = null;
+  var seq = 0;
+  function render() {
+    var mine = ++seq;
+    var form = new FormData();
+    form.append("_csrf", csrf);
+    form.append("body", bodyField.value);
+    form.append("title", titleField ? titleField.value : "");
+    fetch("/console/kb/preview", { method: "POST", body: form, credentials: "same-origin" }).then(function (r) {
+      return r.ok ? r.text() : null;
+    }).then(function (html) {
+      if (html === null || mine !== seq) { return; }
+      var tpl = document.createElement("template");
+      tpl.innerHTML = html;  // server-rendered: raw HTML escaped, unsafe links dropped
+      pane.replaceChildren(tpl.content);
+      pane.setAttribute("data-rendered", String(mine));
+    });
+  }
+  function later() {
+    if (timer) { clearTimeout(timer); }
+    timer = setTimeout(render, 250);
+  }
+  bodyField.addEventListener("input", later);
+  if (titleField) { titleField.addEventListener("input", later); }
 })();

@@ -341,6 +341,9 @@ class EmailChannel:
                 use_tls=use_ssl, start_tls=False if use_ssl else start_tls,
                 timeout=float(self.smtp.get("timeout") or 30),
             )
+        except ValueError as exc:  # e.g. a From header so malformed that its "address" is not an address
+            raise PermanentSendError(f"cannot write a mail to {out.address!r}: {exc}", unreachable=True,
+                                     code="bad_address") from exc
         except aiosmtplib.SMTPRecipientsRefused as exc:
             first = exc.recipients[0] if exc.recipients else None
             raise _classify_smtp(first.code if first else 550, first.message if first else str(exc)) from exc

@@ -369,7 +369,9 @@ class Turn:
         if payload and (payload[0], payload[1]) != (self.flow.id, node_id):
             await self.stale_button(node_id, payload)
             return
-        if node["type"] == "menu" or (node.get("validate") or {}).get("type") == "choice":
+        spec = node.get("validate") or {"type": "text"}
+        spec = {"type": spec} if isinstance(spec, str) else spec  # `validate: number` is short for {type: number}
+        if node["type"] == "menu" or spec.get("type") == "choice":
             value = payload[2] if payload else match_option(ctx.raw_text, self.option_index(node_id))
             known = {v for v, _ in self.option_index(node_id)}
             if value is None or value not in known:
@@ -377,8 +379,6 @@ class Turn:
                 return
             await self.choose(node_id, value)
             return
-        spec = node.get("validate") or {"type": "text"}
-        spec = {"type": spec} if isinstance(spec, str) else spec
         answer = ctx.message.button_payload or ctx.raw_text
         result = validate(answer, spec, ctx.now, ctx.customer.timezone or "Asia/Jakarta")
         if isinstance(result, Invalid):

@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from storage.models import conversations
 from tests.conftest_browser import browser, screenshot_path  # noqa: F401
-from tests.console.helpers import PASSWORD, make_agent
+from tests.console.helpers import PASSWORD, make_agent, make_team
 from tests.support import LoketServer, WebChatClient, wait_for
 
 XSS = "<img src=x onerror=alert(1)>"
@@ -44,7 +44,9 @@ async def login(browser: Browser, server: LoketServer, email: str) -> Page:  # n
 
 
 async def test_two_agents_live_reply_and_xss(browser: Browser, server: LoketServer) -> None:  # noqa: F811
-    await make_agent(server, "ana@example.com", name="Ana")
+    billing = await make_team(server, "Billing")
+    await make_team(server, "VIP")
+    await make_agent(server, "ana@example.com", name="Ana", team=billing)
     await make_agent(server, "sup@example.com", role="supervisor", name="Sari", max_chats=0)  # supervises only
     ana = await login(browser, server, "ana@example.com")
     sari = await login(browser, server, "sup@example.com")
@@ -80,11 +82,37 @@ async def test_two_agents_live_reply_and_xss(browser: Browser, server: LoketServ
         await chat.send_text("Pesanan saya belum datang")
         await expect(ana.locator(".msg.in .body", has_text="belum datang")).to_be_visible(timeout=10000)
         await ana.screenshot(path=screenshot_path("console-conversation"), full_page=True)
+        # the other way round: Sari's private note and her taking the conversation appear live on Ana's page
+        await sari.fill("#note-text", "Cek resi di gudang dulu")
+        await sari.click("#save-note")
+        await expect(ana.locator(".note .body", has_text="Cek resi")).to_be_visible(timeout=10000)
+        await expect(sari.locator(".note .body", has_text="Cek resi")).to_be_visible()
+        # Sari moves it to Ana's team: Ana sees the transfer live, then the queue gives it to her again
+        # (online, in the team, capacity left) — and she keeps access as a member meanwhile
+        await sari.select_option("#assign-target", label="Team: Billing")
+        await sari.click("#assign")
+        await expect(ana.locator(".event.kind-assigned", has_text="team_id")).to_have_count(1, timeout=10000)
+        await expect(ana.locator(".event.kind-assigned")).to_have_count(3, timeout=10000)
+        await expect(sari.locator(".event.kind-assigned")).to_have_count(3, timeout=10000)
+        # and Ana's next reply reaches Sari live
+        await ana.fill("#reply-text", "Sudah saya cek di gudang.")
+        await ana.click("#send-reply")
+        await expect(sari.locator(".msg.author-agent .body", has_text="gudang")).to_be_visible(timeout=10000)
+        # moved to a team Ana is not in: her open page says so instead of going quiet
+        await sari.select_option("#assign-target", label="Team: VIP")
+        await sari.click("#assign")
+        await expect(ana.locator("#access-lost")).to_be_visible(timeout=10000)
+        await sari.select_option("#assign-target", label="Ana (online)")
+        await sari.click("#assign")
+        await expect(sari.locator(".event.kind-assigned")).to_have_count(5, timeout=10000)
+        await ana.reload()
         await ana.click("#resolve")
         await chat.wait_frame(lambda f: f.get("type") == "message" and len(f.get("choices") or []) == 5)
         await chat.say("4")
         await chat.say("lewati")
         await wait_for(lambda: server.scalar(select(conversations.c.csat_score)), what="csat")
+        # the score lands on the timeline, live
+        await expect(ana.locator(".event.kind-csat .csat-score").first).to_have_text("★ 4", timeout=10000)
         await sari.goto(f"{server.base_url}/console/dashboard")
         await expect(sari.locator("#csat-avg")).to_have_text("4.0")
         await sari.screenshot(path=screenshot_path("console-dashboard"), full_page=True)

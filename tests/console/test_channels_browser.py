@@ -58,7 +58,11 @@ async def test_agent_replies_reach_telegram_and_whatsapp(browser: Browser, setti
             for channel, reply in (("telegram", "Halo dari Ana lewat Telegram"),
                                    ("whatsapp", "Halo dari Ana lewat WhatsApp")):
                 conv_id = await escalated(server, channel)
-                await page.goto(f"{server.base_url}/console/c/{conv_id}")
+                await page.goto(f"{server.base_url}/console?view=all")  # the agent sees it in the inbox
+                row = page.locator(f"tr.conv[data-conv='{conv_id}']")
+                await expect(row.locator(".chip")).to_have_text(channel)
+                await row.locator("a.conv-link").click()
+                await page.wait_for_url(f"{server.base_url}/console/c/{conv_id}")
                 await expect(page.locator("body")).to_have_attribute("data-ws", "open", timeout=10000)
                 await page.fill("#reply-text", reply)
                 await page.click("#send-reply")

@@ -238,3 +238,80 @@ async def test_customer_export_merge_erase_and_frustration(server: LoketServer) 
 async def _prio(server: LoketServer) -> dict[str, Any] | None:
     rows = await server.fetch(select(conversations).where(conversations.c.priority == "high"))
     return rows[0] if rows else None
+
+
+async def test_a_long_timeline_shows_the_newest_items_and_links_to_the_rest(server: LoketServer) -> None:
+    from tests.flows.helpers import Driver
+
+    await make_agent(server, "sup3@example.com", role="supervisor")
+    sup = Agent(server)
+    try:
+        await sup.login("sup3@example.com")
+        server.rt.services["console"].timeline_items = 20  # 120 by default
+        d = Driver(server.rt)
+        await d.send("halo")
+        await d.send("0")
+        for i in range(30):  # queued: the bot stays quiet, every message is for the agent
+            await d.send(f"pesan nomor {i}")
+        conv = await conv_of(server)
+        status, html = await sup.get(f"/console/c/{conv['id']}?partial=1")
+        assert status == 200 and html.count("<li") == 20 + 1 and "pesan nomor 29<" in html  # + the link
+        assert "pesan nomor 9<" not in html and 'id="timeline-older"' in html
+        status, html = await sup.get(f"/console/c/{conv['id']}?history=all")
+        assert "pesan nomor 0<" in html and "halo<" in html and 'id="timeline-older"' not in html
+        assert 'class="event kind-delivery' not in html  # a message shows its own delivery status
+    finally:
+        await sup.close()
+
+
+HANDOVER_FLOW = """
+id: klinik
+version: 1
+start: to_desk
+triggers: [dokter]
+nodes:
+  to_desk:
+    type: handover
+    team: Klinik
+    reason: ask_the_clinic
+    text: {id: "Kami sambungkan ke tim klinik.", en: "We are connecting you to the clinic team."}
+"""
+
+
+async def test_outside_business_hours_the_customer_is_told_and_assignment_waits(settings_factory: Any,
+                                                                              tmp_path: Any) -> None:
+    from tests.flows.helpers import write_flow
+
+    folder = tmp_path / "flows"
+    write_flow(folder, "klinik.yaml", HANDOVER_FLOW)
+    write_flow(folder, "lain.yaml", HANDOVER_FLOW.replace("id: klinik", "id: lain").replace("[dokter]", "[lain]"))
+    monday_evening = T0 + timedelta(hours=10)  # 20:00 in Jakarta
+    server = LoketServer(settings_factory(LOKET_CONSOLE_TICK="0.1", LOKET_FLOWS=str(folder)),
+                         clock=FrozenClock(monday_evening))
+    await server.start()
+    agent = Agent(server)
+    try:
+        hours = {"timezone": "Asia/Jakarta", "weekly": {d: [["08:00", "17:00"]] for d in ("mon", "tue")},
+                 "holidays": []}
+        team = await make_team(server, "Klinik", hours)
+        aid = await make_agent(server, "dina@example.com", team=team)
+        await agent.login("dina@example.com")
+        ws = await agent.ws()
+        await wait_for(lambda: _presence(server, aid), what="online")
+        async with WebChatClient(server.base_url) as chat:
+            await chat.say("halo")
+            await chat.send_text("mau tanya dokter")
+            offline = await chat.wait_frame(lambda f: "luar jam kerja" in f.get("text", ""))
+            assert "mon 08:00-17:00" in offline["text"] and "Asia/Jakarta" in offline["text"]
+            await chat.wait_frame(lambda f: "Kami akan membalas lewat web chat" in f.get("text", ""))
+            await asyncio.sleep(0.5)
+            conv = await conv_of(server)
+            assert conv["state"] == "queued" and conv["team_id"] == team and conv["assignee_id"] is None
+            server.rt.clock.advance(timedelta(hours=12, minutes=30))  # Tuesday 08:30 in Jakarta
+            await ws.send_json({"type": "ping"})  # the agent is still there
+            rows = await wait_for(lambda: _assigned(server, 1), what="assignment once the team opens")
+            assert rows[0]["assignee_id"] == aid
+        await ws.close()
+    finally:
+        await agent.close()
+        await server.stop()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import select
 
 from bot.channels.email_models import email_messages
-from storage.models import identities, inbox_items, messages, touchpoints
+from storage.models import identities, inbox_items, messages, outbox_items, touchpoints
 from tests.email.conftest import SUPPORT, email_env, mail, settle, wait_mails
 from tests.support import LoketServer, wait_for
 
@@ -144,3 +146,22 @@ async def test_smtp_refusals_and_reply_limit(dovecot, smtp, settings_factory):
         assert len(limited) == 2
     finally:
         await server.stop()
+
+
+async def test_a_from_header_without_a_real_address_fails_once_with_the_reason(email_loket: LoketServer,
+                                                                              dovecot: Any) -> None:
+    # an unquoted "<…>" in the display name: lenient parsing takes "img src=x …" as the address
+    raw = (f"From: <img src=x onerror=alert(1)> <budi@customer.example.test>\r\nTo: {SUPPORT}\r\n"
+           "Subject: halo\r\nMessage-ID: <bad-from-1@customer.example.test>\r\n\r\nhalo\r\n").encode()
+    dovecot.append(raw)
+
+    async def failed() -> dict[str, Any] | None:
+        rows = await email_loket.fetch(select(messages).where(messages.c.direction == "out"))
+        return rows[0] if rows and rows[0]["status"] == "failed" else None
+
+    out = await wait_for(failed, timeout=15, what="the reply marked failed")
+    assert "cannot write a mail to" in out["error"]
+    (box,) = await email_loket.fetch(select(outbox_items).where(outbox_items.c.message_id == out["id"]))
+    assert box["attempts"] == 1  # permanent: not retried
+    (ident,) = await email_loket.fetch(select(identities))
+    assert ident["unreachable"] is True
