@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from bot.texts import detect_language
-from knowledge_base.ranker import Calibration, Doc, Ranker, fit_calibration
+from knowledge_base.ranker import Calibration, Doc, Ranker, confidence_features, fit_calibration
 from knowledge_base.semantic import Embedder
 
 NONE = "__none__"
@@ -203,15 +203,12 @@ def train_kb(train: list[tuple[str, str]], language: str, embedder: Embedder | N
     fit, held = stratified_split([r for r in train if r[1] != NONE], held_fraction, seed)
     held = held + nones
     probe = Ranker(docs_from_labelled(fit, language), embedder=embedder)
-    raw: list[tuple[float, float, float, str | None, str, float]] = []
+    raw: list[tuple[tuple[float, ...], str | None, str, float]] = []
     for text, label in held:
         res = probe.search(text, language)
-        top = res.hits[0] if res.hits else None
-        second = res.hits[1].score if len(res.hits) > 1 else 0.0
-        raw.append((top.score if top else 0.0, (top.score - second) if top else 0.0,
-                    top.evidence.get("cover", 1.0) if top else 0.0, top.id if top else None, label, res.elapsed_ms))
-    calibration = fit_calibration([(t, m, v, p == lab) for t, m, v, p, lab, _ in raw if p is not None])
-    held_scored = [Scored(lab, p, calibration(t, m, v) if p else 0.0, ms) for t, m, v, p, lab, ms in raw]
+        raw.append((confidence_features(res.hits), res.top.id if res.top else None, label, res.elapsed_ms))
+    calibration = fit_calibration([(f, p == lab) for f, p, lab, _ in raw if p is not None])
+    held_scored = [Scored(lab, p, calibration(f) if p else 0.0, ms) for f, p, lab, ms in raw]
     threshold = choose_threshold(held_scored, target_precision)
     t0 = time.perf_counter()
     ranker = Ranker(docs_from_labelled([r for r in train if r[1] != NONE], language), embedder=embedder,

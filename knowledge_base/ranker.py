@@ -14,16 +14,14 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import bm25s
 import numpy as np
-from scipy import sparse
-from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.linear_model import LogisticRegression
 
 from knowledge_base.analyzer import analyze, normalize
+from knowledge_base.features import EMPTY, Softmax, TermVectors, Vector
 from knowledge_base.semantic import Embedder
 
 log = logging.getLogger("loket.kb")
@@ -34,17 +32,20 @@ MAX_QUERY_CHARS = 1000
 SEMANTIC_LANGUAGES: tuple[str, ...] = ("en",)
 # Fusion weights (renormalised over the evidence present). Chosen on a development split carved out of the
 # BANKING77 training part (never its test part) and on the demo articles' example questions.
-# With vectors, few examples per article lean on the embeddings (scale 4 in the classifier, weight 0.5),
-# many examples on the classifier: on that split 10-shot went 84.8 → 87.3 %, full data stayed at ~92.9 %.
 LEXICAL_WEIGHTS = {"clf": 0.45, "word": 0.2, "char": 0.15, "sem": 0.0}
 SEMANTIC_WEIGHTS = {"clf": 0.45, "word": 0.2, "char": 0.15, "sem": 0.2}
 SEMANTIC_FEW_WEIGHTS = {"clf": 0.35, "word": 0.1, "char": 0.05, "sem": 0.5}
 FEW_EXAMPLES = 20  # median example questions per article below which the "few" settings apply
-EMB_SCALE_FEW = 4.0
-EMB_SCALE = 1.5  # weight of the embedding block next to the TF-IDF blocks in the classifier
+# With vectors there are two classifiers, one on the TF-IDF words and character n-grams and one on the
+# embeddings; their log-probabilities are mixed with this weight on the embedding side.
+EMB_MIX = 0.7
+EMB_MIX_FEW = 0.7
 CLF_C = 20.0
-LEARN_MAX_UNITS = 60_000  # above this the classifier is not trained (lexical + vectors only)
+EMB_C = 20.0
+LEARN_MAX_UNITS = 60_000  # above this the classifiers are not trained (lexical + vectors only)
 CHAR_MAX_UNITS = 60_000
+UNIT_CANDIDATES = 50  # BM25 best example questions whose articles become candidates
+DOC_CANDIDATES = 20
 
 
 @dataclass(frozen=True)
@@ -80,23 +81,32 @@ class Result:
         return self.hits[0] if self.hits else None
 
 
+# What the confidence is computed from: the best fused score, its margin over the second, the share of the
+# query's terms the best article contains, the classifier's own probability for it, and whether the lexical
+# and the embedding classifier agree on it (1.0 when there is only one).
+CONFIDENCE_FEATURES = ("top", "margin", "cover", "prob", "agree")
+
+
+def confidence_features(hits: Sequence[Hit]) -> tuple[float, ...]:
+    if not hits:
+        return (0.0,) * len(CONFIDENCE_FEATURES)
+    top = hits[0]
+    second = hits[1].score if len(hits) > 1 else 0.0
+    ev = top.evidence
+    return (top.score, top.score - second, ev.get("cover", 1.0), ev.get("prob", top.score), ev.get("agree", 1.0))
+
+
 @dataclass
 class Calibration:
-    """confidence = sigmoid(a * top + b * margin + d * cover + c); cover = share of the query's terms the top
-    article contains."""
+    """confidence = sigmoid(w · features + bias) over ``CONFIDENCE_FEATURES``; the defaults are hand-set for
+    knowledge bases without held-out questions, ``fit_calibration`` learns them from held-out questions."""
 
-    a: float = 9.0
-    b: float = 5.0
-    c: float = -7.0
-    d: float = 3.5
+    weights: tuple[float, ...] = (9.0, 5.0, 3.5, 0.0, 0.0)
+    bias: float = -7.0
 
-    def __call__(self, top: float, margin: float, cover: float = 1.0) -> float:
-        z = self.a * top + self.b * margin + self.d * cover + self.c
+    def __call__(self, features: Sequence[float]) -> float:
+        z = self.bias + sum(w * f for w, f in zip(self.weights, features, strict=True))
         return 1.0 / (1.0 + math.exp(-max(-40.0, min(40.0, z))))
-
-
-def _identity(x: list[str]) -> list[str]:
-    return x
 
 
 class LanguageIndex:
@@ -106,16 +116,18 @@ class LanguageIndex:
         self.language = language
         self.docs = docs
         self.embedder = embedder
-        self.unit_article: list[int] = []
+        unit_article: list[int] = []
         unit_texts: list[str] = []
         for i, d in enumerate(docs):
             for text in (d.title, *d.questions):
                 if text.strip():
                     unit_texts.append(text)
-                    self.unit_article.append(i)
+                    unit_article.append(i)
         self.unit_texts = unit_texts
-        self.unit_article_arr = np.asarray(self.unit_article, dtype=np.int64)
+        self.unit_article = np.asarray(unit_article, dtype=np.int64)
         self.n = len(docs)
+        # units are grouped by article: per-article maxima are one reduceat over these starts
+        self._with_units, self._unit_starts = np.unique(self.unit_article, return_index=True)
         unit_tokens = [analyze(t, language) for t in unit_texts]
         doc_tokens = [
             analyze(" ".join([d.title, d.title, *d.questions, *d.tags, d.category, d.body[:4000]]), language)
@@ -125,40 +137,35 @@ class LanguageIndex:
         self.bm25_units = self._bm25(unit_tokens)
         self.bm25_docs = self._bm25(doc_tokens)
         # TF-IDF cosine over units: bounded evidence of how well the query matches an example question.
-        self.word_vec: TfidfVectorizer | None = None
-        self.unit_word: sparse.csr_matrix | None = None
-        self.char_vec: TfidfVectorizer | None = None
-        self.unit_char: sparse.csr_matrix | None = None
-        if unit_texts:
-            self.word_vec = TfidfVectorizer(analyzer=_identity, ngram_range=(1, 1), sublinear_tf=True, min_df=1)
-            self.unit_word = self.word_vec.fit_transform(unit_tokens).tocsr()
-            self._idf_max = float(self.word_vec.idf_.max())
-            if len(unit_texts) <= CHAR_MAX_UNITS:
-                self.char_vec = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True,
-                                                min_df=1, preprocessor=normalize, max_features=200_000)
-                self.unit_char = self.char_vec.fit_transform(unit_texts).tocsr()
+        self.word: TermVectors | None = None
+        self.char: TermVectors | None = None
+        if any(unit_tokens):
+            self.word = TermVectors(unit_tokens, "word")
+            self._idf_max = float(self.word.idf.max())
+        if unit_texts and len(unit_texts) <= CHAR_MAX_UNITS:
+            self.char = TermVectors(unit_texts, "char", preprocessor=normalize)
         self.unit_emb: np.ndarray | None = None
         if embedder is not None and unit_texts:
             self.unit_emb = embedder.encode(unit_texts)
-        counts = np.bincount(self.unit_article_arr, minlength=max(self.n, 1)) if self.n else np.zeros(1)
+        counts = np.bincount(self.unit_article, minlength=max(self.n, 1)) if self.n else np.zeros(1)
         few = float(np.median(counts)) < FEW_EXAMPLES
-        self.emb_scale = EMB_SCALE_FEW if few else EMB_SCALE
-        self.clf: LogisticRegression | None = None
+        self.emb_mix = EMB_MIX_FEW if few else EMB_MIX
+        self.lex_clf: Softmax | None = None
+        self.emb_clf: Softmax | None = None
         if learn and self.n >= 2 and len(unit_texts) <= LEARN_MAX_UNITS:
-            x = self._features_many(unit_tokens, unit_texts, self.unit_emb)
-            self.clf = LogisticRegression(C=CLF_C, max_iter=300, tol=1e-3)
-            self.clf.fit(x, self.unit_article_arr)
-        if self.unit_emb is None:
-            w = dict(LEXICAL_WEIGHTS)
-        else:
-            w = dict(SEMANTIC_FEW_WEIGHTS if few else SEMANTIC_WEIGHTS)
+            blocks = [v.matrix for v in (self.word, self.char) if v is not None]
+            if blocks:
+                self.lex_clf = Softmax(blocks, self.unit_article, self.n, CLF_C)
+            if self.unit_emb is not None:
+                self.emb_clf = Softmax([self.unit_emb], self.unit_article, self.n, EMB_C)
+        w = dict(LEXICAL_WEIGHTS if self.unit_emb is None else SEMANTIC_FEW_WEIGHTS if few else SEMANTIC_WEIGHTS)
         if weights:
             w.update(weights)
-        if self.clf is None:
+        if self.lex_clf is None and self.emb_clf is None:
             w["clf"] = 0.0
         if self.unit_emb is None:
             w["sem"] = 0.0
-        if self.char_vec is None:
+        if self.char is None:
             w["char"] = 0.0
         total = sum(w.values()) or 1.0
         self.weights = {k: v / total for k, v in w.items()}
@@ -172,70 +179,30 @@ class LanguageIndex:
         r.index([t or [""] for t in tokens], show_progress=False)
         return r
 
-    def _features_many(self, tokens: list[list[str]], texts: list[str], emb: np.ndarray | None) -> Any:
-        assert self.word_vec is not None
-        parts: list[Any] = [self.word_vec.transform(tokens)]
-        if self.char_vec is not None:
-            parts.append(self.char_vec.transform(texts))
-        if emb is not None:
-            parts.append(sparse.csr_matrix(emb * self.emb_scale))
-        return sparse.hstack(parts).tocsr()
-
     # ------------------------------------------------------------------ query
     def search(self, query: str, k: int = 5, lexical_only: bool = False) -> list[Hit]:
         if not self.n:
             return []
         q_tokens = analyze(query, self.language)
-        q_text = query
-        cand: set[int] = set()
+        cand = np.zeros(self.n, dtype=bool)
         bm_units = self._bm25_scores(self.bm25_units, q_tokens)
         if bm_units is not None:
-            top_u = np.argpartition(-bm_units, min(50, len(bm_units) - 1))[:50]
-            cand.update(int(self.unit_article_arr[u]) for u in top_u if bm_units[u] > 0)
+            top_u = self._top(bm_units, UNIT_CANDIDATES)
+            cand[self.unit_article[top_u[bm_units[top_u] > 0]]] = True
         bm_docs = self._bm25_scores(self.bm25_docs, q_tokens)
         if bm_docs is not None:
-            top_d = np.argpartition(-bm_docs, min(20, len(bm_docs) - 1))[:20]
-            cand.update(int(d) for d in top_d if bm_docs[d] > 0)
+            top_d = self._top(bm_docs, DOC_CANDIDATES)
+            cand[top_d[bm_docs[top_d] > 0]] = True
         if lexical_only:
             if bm_docs is None:
                 return []
-            order = sorted(cand, key=lambda i: -float(bm_docs[i]))[:k]
+            order = sorted(np.flatnonzero(cand).tolist(), key=lambda i: -float(bm_docs[i]))[:k]
             best = float(bm_docs[order[0]]) if order else 1.0
             return [Hit(self.docs[i].id, self.docs[i].title, float(bm_docs[i]) / (best or 1.0)) for i in order]
-        word_q = self.word_vec.transform([q_tokens]) if self.word_vec is not None else None
-        char_q = self.char_vec.transform([q_text]) if self.char_vec is not None else None
-        sem_q = self.embedder.encode([q_text[:MAX_QUERY_CHARS]]) if self.unit_emb is not None and self.embedder else None
-        per_article: dict[str, np.ndarray] = {}
-        if word_q is not None and word_q.nnz and self.unit_word is not None:
-            per_article["word"] = self._max_per_article((self.unit_word @ word_q.T).toarray().ravel())
-            per_article["word"] *= self._known_share(q_tokens)
-        if char_q is not None and char_q.nnz and self.unit_char is not None:
-            per_article["char"] = self._max_per_article((self.unit_char @ char_q.T).toarray().ravel())
-        if sem_q is not None and self.unit_emb is not None:
-            sims = self.unit_emb @ sem_q[0]
-            per_article["sem"] = np.clip(self._max_per_article(sims), 0.0, 1.0)
-            cand.update(int(i) for i in np.argsort(-per_article["sem"])[:10])
-        if self.clf is not None and word_q is not None:
-            parts: list[Any] = [word_q]
-            if self.char_vec is not None and char_q is not None:
-                parts.append(char_q)
-            if self.unit_emb is not None and sem_q is not None:
-                parts.append(sparse.csr_matrix(sem_q * self.emb_scale))
-            proba = self.clf.predict_proba(sparse.hstack(parts).tocsr())[0]
-            full = np.zeros(self.n)
-            full[self.clf.classes_] = proba
-            per_article["clf"] = full
-            if word_q.nnz or sem_q is not None:
-                cand.update(int(i) for i in np.argsort(-full)[:5])
-        if "word" in per_article:
-            cand.update(int(i) for i in np.argsort(-per_article["word"])[:10] if per_article["word"][i] > 0)
-        if "clf" in per_article:
-            sims = [per_article[n] for n in ("word", "char", "sem") if n in per_article]
-            # the classifier's probabilities always sum to 1; scale them by how similar the text really is
-            per_article["clf"] = per_article["clf"] * (np.maximum.reduce(sims) if sims else 0.0)
-        if not cand:
+        per_article, prob, agree = self._evidence(query, q_tokens, cand)
+        if not cand.any():
             return []
-        idx = np.fromiter(cand, dtype=np.int64)
+        idx = np.flatnonzero(cand)
         score = np.zeros(len(idx))
         evidence: dict[str, np.ndarray] = {}
         for name, weight in self.weights.items():
@@ -243,20 +210,64 @@ class LanguageIndex:
                 vals = per_article[name][idx]
                 evidence[name] = vals
                 score += weight * vals
-        top_k = np.argsort(-score)[:k]
+        top_k = np.argsort(-score, kind="stable")[:k]
         q_set = set(q_tokens)
         hits = []
         for o in top_k:
+            i = int(idx[o])
             ev = {n: round(float(v[o]), 4) for n, v in evidence.items()}
-            ev["cover"] = round(len(q_set & self.vocab[idx[o]]) / len(q_set), 4) if q_set else 0.0
-            hits.append(Hit(self.docs[idx[o]].id, self.docs[idx[o]].title, float(score[o]), ev))
+            ev["cover"] = round(len(q_set & self.vocab[i]) / len(q_set), 4) if q_set else 0.0
+            if prob is not None:
+                ev["prob"] = round(float(prob[i]), 4)
+                ev["agree"] = float(agree == i) if agree is not None else 1.0
+            hits.append(Hit(self.docs[i].id, self.docs[i].title, float(score[o]), ev))
         return hits
+
+    def _evidence(self, query: str, q_tokens: list[str], cand: np.ndarray
+                  ) -> tuple[dict[str, np.ndarray], np.ndarray | None, int | None]:
+        """Per-article evidence in [0, 1]; marks more candidates. Also the classifiers' probability per article
+        and, when there are two classifiers, the article the lexical one prefers (to check agreement)."""
+        word_q = self.word.query(q_tokens) if self.word is not None else EMPTY
+        char_q = self.char.query(query) if self.char is not None else EMPTY
+        sem_q = (self.embedder.encode([query[:MAX_QUERY_CHARS]])[0]
+                 if self.unit_emb is not None and self.embedder is not None else None)
+        per_article: dict[str, np.ndarray] = {}
+        if len(word_q[0]) and self.word is not None:
+            per_article["word"] = self._max_per_article(self.word.similarities(word_q)) * self._known_share(q_tokens)
+            cand[self._top(per_article["word"], 10, positive=True)] = True
+        if len(char_q[0]) and self.char is not None:
+            per_article["char"] = self._max_per_article(self.char.similarities(char_q))
+        if sem_q is not None and self.unit_emb is not None:
+            per_article["sem"] = np.clip(self._max_per_article(self.unit_emb @ sem_q), 0.0, 1.0)
+            cand[self._top(per_article["sem"], 10)] = True
+        log_p: np.ndarray | None = None
+        agree: int | None = None
+        if self.lex_clf is not None:
+            parts: list[Vector | np.ndarray] = [word_q, char_q] if self.char is not None else [word_q]
+            log_p = self.lex_clf.log_proba(parts)
+        if self.emb_clf is not None and sem_q is not None:
+            log_e = self.emb_clf.log_proba([sem_q])
+            if log_p is not None:
+                agree = int(np.argmax(log_p))
+                log_p = (1.0 - self.emb_mix) * log_p + self.emb_mix * log_e
+            else:
+                log_p = log_e
+        prob: np.ndarray | None = None
+        if log_p is not None:
+            prob = np.exp(log_p - log_p.max())
+            prob /= prob.sum()
+            if len(word_q[0]) or sem_q is not None:
+                cand[self._top(prob, 5)] = True
+            sims = [per_article[n] for n in ("word", "char", "sem") if n in per_article]
+            # the probabilities always sum to 1; scale them by how similar the text really is
+            per_article["clf"] = prob * (np.maximum.reduce(sims) if sims else 0.0)
+        return per_article, prob, agree
 
     def _known_share(self, tokens: list[str]) -> float:
         """Cosine over known terms ignores words the articles never use; count them as missing evidence."""
-        assert self.word_vec is not None
-        vocab = self.word_vec.vocabulary_
-        idf = self.word_vec.idf_
+        assert self.word is not None
+        vocab = self.word.vocabulary
+        idf = self.word.idf
         known = unknown = 0.0
         for tok in set(tokens):
             j = vocab.get(tok)
@@ -267,15 +278,20 @@ class LanguageIndex:
         return math.sqrt(known / (known + unknown)) if known else 0.0
 
     @staticmethod
+    def _top(values: np.ndarray, n: int, positive: bool = False) -> np.ndarray:
+        top = np.argpartition(-values, n - 1)[:n] if len(values) > n else np.arange(len(values))
+        return top[values[top] > 0] if positive else top
+
+    @staticmethod
     def _bm25_scores(index: bm25s.BM25 | None, tokens: list[str]) -> np.ndarray | None:
         if index is None or not tokens:
             return None
         return np.asarray(index.get_scores(tokens))
 
     def _max_per_article(self, unit_scores: np.ndarray) -> np.ndarray:
-        out = np.full(self.n, -np.inf if unit_scores.min() < 0 else 0.0)
-        np.maximum.at(out, self.unit_article_arr, unit_scores)
-        out[np.isinf(out)] = 0.0
+        out = np.zeros(self.n, dtype=np.float32)
+        if len(unit_scores):
+            out[self._with_units] = np.maximum.reduceat(unit_scores, self._unit_starts)
         return out
 
 
@@ -317,20 +333,17 @@ class Ranker:
                     alt = idx.search(query, k)
                     if alt and (not hits or alt[0].score > hits[0].score + 0.1):
                         hits, used = alt, other
-        conf = 0.0
-        if hits:
-            second = hits[1].score if len(hits) > 1 else 0.0
-            conf = self.calibration(hits[0].score, hits[0].score - second, hits[0].evidence.get("cover", 1.0))
+        conf = self.calibration(confidence_features(hits)) if hits else 0.0
         return Result(query, used, hits, conf, (time.perf_counter() - t0) * 1000)
 
 
-def fit_calibration(rows: list[tuple[float, float, float, bool]]) -> Calibration:
-    """Fit confidence = P(top answer is right) from held-out (top score, margin, cover, correct?) rows."""
-    if len(rows) < 10 or len({c for *_, c in rows}) < 2:
+def fit_calibration(rows: list[tuple[tuple[float, ...], bool]]) -> Calibration:
+    """Fit confidence = P(top answer is right) from held-out (confidence features, correct?) rows."""
+    if len(rows) < 10 or len({c for _, c in rows}) < 2:
         return Calibration()
-    x = np.array([[t, m, v] for t, m, v, _ in rows])
-    y = np.array([int(c) for *_, c in rows])
-    lr = LogisticRegression(C=10.0, max_iter=500).fit(x, y)
-    a, b, d = (float(v) for v in lr.coef_[0])
-    return Calibration(a, b, float(lr.intercept_[0]), d)
+    from sklearn.linear_model import LogisticRegression
 
+    x = np.array([f for f, _ in rows])
+    y = np.array([int(c) for _, c in rows])
+    lr = LogisticRegression(C=10.0, max_iter=500).fit(x, y)
+    return Calibration(tuple(float(v) for v in lr.coef_[0]), float(lr.intercept_[0]))
