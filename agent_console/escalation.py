@@ -33,6 +33,7 @@ from bot.router import RouteContext
 from bot.texts import register, t
 from storage.models import agents, conversations, team_members, teams, touchpoints
 from storage.repositories import add_touchpoint
+from storage.unit_of_work import update_row
 
 if TYPE_CHECKING:
     from bot.outbound import SendRejected  # noqa: F401
@@ -224,10 +225,15 @@ async def csat_step(ctx: RouteContext) -> Decision | None:
 
 
 async def raise_priority(conn: Any, *, conversation_id: int, customer_id: int, channel: str | None, old: str,
-                         new: str, now: datetime, reason: str, **details: Any) -> None:
-    """Set the priority and say why on the timeline (``priority_raised``)."""
-    await conn.execute(update(conversations).where(conversations.c.id == conversation_id)
-                       .values(priority=new, updated_at=now))
+                         new: str, now: datetime, reason: str, actx: ApplyContext | None = None,
+                         **details: Any) -> None:
+    """Set the priority and say why on the timeline (``priority_raised``). Inside routing (``actx``) the
+    conversation row the router holds is kept current too."""
+    values = {"priority": new, "updated_at": now}
+    if actx is not None:
+        await actx.update_conversation(values)
+    else:
+        await update_row(conn, conversations, conversation_id, values)
     await add_touchpoint(conn, customer_id=customer_id, conversation_id=conversation_id, kind="priority_raised",
                          now=now, channel=channel, actor="bot",
                          payload={"from": old, "to": new, "reason": reason, **details})
@@ -237,7 +243,7 @@ async def apply_raise_priority(actx: ApplyContext, eff: Custom) -> None:
     d = dict(eff.data)
     await raise_priority(actx.conn, conversation_id=actx.conversation_id, customer_id=actx.customer_id,
                          channel=actx.channel, old=d.pop("from"), new=d.pop("to"), now=actx.now,
-                         reason=d.pop("reason"), **d)
+                         reason=d.pop("reason"), actx=actx, **d)
     actx.events.append(("conversation.updated", {"conversation_id": actx.conversation_id,
                                                  "customer_id": actx.customer_id, "priority": eff.data["to"]}))
 

@@ -91,6 +91,8 @@ FILE_KINDS = ("document", "photo", "voice", "audio", "video", "video_note", "ani
 UNSUPPORTED_KINDS = ("sticker", "location", "venue", "poll", "dice", "game", "story", "invoice", "paid_media")
 DEFAULT_REGION = "ID"
 _JSON_HEADERS = {"Content-Type": "application/json"}
+# the webhook's usual answers, serialised once
+_OUTCOME_BODIES = {o: json.dumps({"ok": True, "outcome": o}).encode() for o in ("stored", "duplicate", "ignored")}
 
 register({
     "telegram.contact_saved": {
@@ -718,7 +720,10 @@ class TelegramChannel:
         except Exception:  # noqa: BLE001 - not stored: a 503 makes Telegram deliver it again
             log.exception("telegram update %s could not be stored", upd.update_id)
             return web.json_response({"error": "temporarily unable to store the update"}, status=503)
-        return web.json_response({"ok": True, "outcome": outcome})
+        body = _OUTCOME_BODIES.get(outcome)
+        if body is None:
+            return web.json_response({"ok": True, "outcome": outcome})
+        return web.Response(body=body, content_type="application/json")
 
     # ------------------------------------------------------------------ long polling (development)
     async def poll_forever(self) -> None:
