@@ -9,6 +9,7 @@ import signal
 import sys
 
 from aiohttp import web
+from sqlalchemy.exc import DBAPIError
 
 from bot.config import ConfigError, Settings
 from bot.runtime import Runtime
@@ -27,7 +28,7 @@ async def serve(settings: Settings, role: str, ready: asyncio.Event | None = Non
     engine = make_engine(settings.database_url)
     await check_database(engine)  # first, so a wrong DATABASE_URL is one readable line and nothing else
     rt = Runtime(settings, role=role, engine=engine)
-    await rt.prepare(migrate=True)
+    await prepare_riding_out_drops(rt)
     await rt.start()
     # Everything loaded at start-up (libraries, models, templates, the knowledge-base index) lives as long as
     # the process: keep it out of the cyclic garbage collector's scans, which otherwise walk those objects
@@ -62,6 +63,24 @@ async def serve(settings: Settings, role: str, ready: asyncio.Event | None = Non
         await runner.cleanup()
     await rt.stop()
     log.info("stopped cleanly")
+
+
+async def prepare_riding_out_drops(rt: Runtime, attempts: int = 5) -> None:
+    """Migrate and check the schema. The database answered a moment ago (``check_database``), so a connection
+    lost meanwhile (a failover, a restart, an operator terminating sessions) is tried again rather than ending
+    the process with a traceback; migrations run in a transaction, so a retry starts clean."""
+    for attempt in range(1, attempts + 1):
+        try:
+            await rt.prepare(migrate=True)
+            return
+        except (DBAPIError, OSError, DatabaseUnavailable) as exc:
+            if attempt == attempts:
+                raise DatabaseUnavailable(
+                    f"the database connection kept dropping while the schema was checked ({attempt} tries): "
+                    f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
+                ) from exc
+            log.warning("database connection lost while starting (%s); trying again", type(exc).__name__)
+            await asyncio.sleep(0.5 * attempt)
 
 
 async def serve_ops(rt: Runtime, host: str, port: int) -> web.AppRunner:

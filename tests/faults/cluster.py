@@ -24,6 +24,8 @@ class Cluster:
         self.up: set[str] = set()  # web processes answering webhooks now
         self.kills: dict[str, float] = {}  # generation label → when it was SIGKILLed
         self.restarts = 0
+        self.start_failures: list[str] = []  # starts that exited and were started again
+        self.crashes: list[str] = []  # processes that died by themselves while running
 
     def label(self, name: str) -> str:
         return f"{name}.{self.generation[name]}"
@@ -49,7 +51,20 @@ class Cluster:
         return [self.ports[n] for n in self.up]
 
     async def wait_ready(self, name: str, timeout: float = 60) -> None:
-        await self.procs[name].wait_ready(timeout)
+        """Ready, or started again like a process supervisor does (systemd, compose ``restart:``) when it exited
+        while starting: a start can meet the chaos — its first database connection terminated (exit 2, "database
+        unavailable"), or its port taken meanwhile by an outgoing connection (then it gets another port)."""
+        for attempt in range(5):
+            try:
+                await self.procs[name].wait_ready(timeout)
+                break
+            except AssertionError:
+                proc = self.procs[name].proc
+                if attempt == 4 or proc is None or proc.poll() != 2:  # 2: the readable "cannot start" exit
+                    raise
+                self.start_failures.append(f"{self.label(name)} exited {proc.returncode}")
+                self.ports[name] = free_port()
+                self._spawn(name, self.procs[name].role)
         if self.serves_webhooks(name):
             self.up.add(name)
 
@@ -71,9 +86,12 @@ class Cluster:
         await self.wait_ready(name)
 
     async def revive(self) -> None:
-        """Every process running again (after the chaos)."""
+        """Every process running again (after the chaos); one that died although nobody killed it is a crash."""
         for name, proc in list(self.procs.items()):
             if proc.proc is None or proc.proc.poll() is not None:
+                if self.label(name) not in self.kills:
+                    self.crashes.append(f"{self.label(name)} exited {proc.proc and proc.proc.returncode}: "
+                                        f"{proc.log()[-1500:]}")
                 await self.restart(name)
 
     def stop(self) -> None:

@@ -281,7 +281,7 @@ async def test_nothing_lost_under_kills_and_outages(db_url: str, tmp_path: Path)
             "backend": BACKEND, "processes": sorted(p.role for p in cluster.procs.values()),
             "messages": total, "conversations": {"telegram": people // 2, "whatsapp": people - people // 2},
             "webhook_posts": posts, "webhook_attempts": attempts, "faults": chaos.counts(),
-            "process_restarts": cluster.restarts, "provider_injected": {
+            "process_restarts": cluster.restarts, "start_failures": cluster.start_failures, "provider_injected": {
                 "telegram": tg_chaos.injected, "twilio": tw_chaos.injected},
             "replies_at_fakes": t.replies_at_fakes, "lost": t.lost, "unexpected": t.unexpected,
             "order_broken_conversations": t.order_broken, "duplicates": t.duplicates,
@@ -306,6 +306,7 @@ async def test_nothing_lost_under_kills_and_outages(db_url: str, tmp_path: Path)
         assert t.unexplained == [], (t.unexplained[:10], report)
         assert t.duplicates <= t.in_flight_at_kills, report
         assert problems == [], (problems, report)
+        assert cluster.crashes == [], cluster.crashes
         kinds = chaos.counts()
         must = ["kill web", "kill worker", "pg_terminate_backend", "redis client kill"] if pg else ["kill run"]
         assert all(kinds.get(k, 0) >= 1 for k in [*must, "provider 429/5xx burst"]), report
