@@ -38,6 +38,14 @@ MATRIX: dict[tuple[str, str, str], tuple[int, int, int, int]] = {
     ("GET", "/console/dashboard", "-"): (303, 403, 200, 200),
     ("GET", "/console/admin/canned", "-"): (303, 403, 200, 200),
     ("POST", "/console/admin/canned", "-"): (401, 403, 303, 303),
+    ("GET", "/console/kb", "-"): (303, 403, 200, 200),
+    ("GET", "/console/kb/new", "-"): (303, 403, 200, 200),
+    ("POST", "/console/kb/new", "-"): (401, 403, 303, 303),
+    ("POST", "/console/kb/preview", "-"): (401, 403, 200, 200),
+    ("GET", "/console/kb/a/{article_id}", "-"): (303, 403, 200, 200),
+    ("POST", "/console/kb/a/{article_id}", "-"): (401, 403, 303, 303),
+    ("GET", "/console/admin/sla", "-"): (303, 403, 403, 200),
+    ("POST", "/console/admin/sla", "-"): (401, 403, 403, 303),
     ("GET", "/console/admin", "-"): (303, 403, 403, 200),
     ("POST", "/console/admin", "-"): (401, 403, 403, 303),
     ("GET", "/console/ws", "-"): (401, 101, 101, 101),
@@ -49,6 +57,14 @@ FORMS = {
     "/console/customers/{cust}/{action}": ("tags", {"tags": "vip"}),
     "/console/admin/canned": ("", {"shortcut": "halo", "body": "Halo!"}),
     "/console/admin": ("", {"kind": "label", "name": "penting"}),
+    # "{role}" keeps each role's new article apart (a second create of one id is a 409 conflict)
+    "/console/kb/new": ("", {"title": "Jam buka cabang {role}", "language": "id", "category": "umum",
+                             "body": "Cabang buka pukul 08.00 sampai 15.00.", "action": "save"}),
+    "/console/kb/a/{article_id}": ("", {"title": "Biaya kirim", "language": "id", "category": "umum",
+                                        "body": "Biaya kirim dihitung dari berat paket.", "action": "save"}),
+    "/console/kb/preview": ("", {"title": "Pratinjau", "body": "**Tebal** dan _miring_"}),
+    "/console/admin/sla": ("", {f"default.{p}.{k}": v for p in ("low", "normal", "high", "urgent")
+                                for k, v in (("fr", "30m"), ("res", "8h"))}),
 }
 
 
@@ -81,6 +97,15 @@ async def _escalated(server: LoketServer) -> tuple[int, int]:
     return row["id"], row["customer_id"]
 
 
+async def _article(server: LoketServer) -> str:
+    from agent_console.kb_editor import article_from
+
+    fields = {"id": "biaya-kirim-matrix", "title": "Biaya kirim", "language": "id", "category": "umum", "tags": "",
+              "questions": "", "answer": "", "body": "Biaya kirim dihitung dari berat.", "version": ""}
+    await server.rt.services["kb"].save_article(article_from(fields, True), create=True)
+    return fields["id"]
+
+
 async def test_every_console_route_by_role(server: LoketServer) -> None:
     assert console_routes(server) == {(m, p) for m, p, _ in MATRIX}, "a console route without a row in MATRIX"
     support, billing = await make_team(server, "support"), await make_team(server, "billing")
@@ -89,6 +114,7 @@ async def test_every_console_route_by_role(server: LoketServer) -> None:
     await make_agent(server, "admin@example.com", role="admin")
     mine, mine_cust = await _escalated(server)
     theirs, theirs_cust = await _escalated(server)
+    article = await _article(server)
     att = AttachmentStore(server.settings.data_dir).save(b"invoice", "invoice.txt", "text/plain")
     async with server.rt.engine.begin() as conn:
         await conn.execute(update(conversations).where(conversations.c.id == mine).values(team_id=support))
@@ -104,8 +130,9 @@ async def test_every_console_route_by_role(server: LoketServer) -> None:
                 email = {"agent": "agent@example.com", "supervisor": "sup@example.com", "admin": "admin@example.com"}
                 assert (await client.login(email[role])).status == 303
             for (method, path, which), _ in MATRIX.items():
-                values = {**ids.get(which, {}), "sha": att.sha256}
+                values = {**ids.get(which, {}), "sha": att.sha256, "article_id": article}
                 action, form = FORMS.get(path, ("", {}))
+                form = {k: v.replace("{role}", role) for k, v in form.items()}
                 url = path.format(action=action, **values) + ("/console.css" if path == "/console/static" else "")
                 if path == "/console/ws":
                     status = await _ws_status(client, url)
