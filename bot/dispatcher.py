@@ -50,7 +50,7 @@ _CLAIMABLE_SQLITE = (
 )
 # claims whose lease ran out (their process died or hung): looked for every few seconds, not on every claim
 _EXPIRED_SQLITE = (
-    select(outbox_items.c.id)
+    select(outbox_items.c.id, outbox_items.c.locked_by, outbox_items.c.message_id)
     .where(outbox_items.c.status == "sending", outbox_items.c.locked_until < bindparam("now"), _HEAD_OF_KEY)
     .order_by(outbox_items.c.id)
     .limit(bindparam("n"))
@@ -246,7 +246,11 @@ class Dispatcher:
                 self._next_expiry_check = time.monotonic() + min(EXPIRY_CHECK_SECONDS,
                                                                  self.lease.total_seconds() / 2)
                 stmt = _EXPIRED_SQLITE if sqlite else _EXPIRED_PG
-                ids = [r[0] for r in (await conn.execute(stmt, {"now": now, "n": limit})).all()]
+                expired = (await conn.execute(stmt, {"now": now, "n": limit})).all()
+                if expired:
+                    log.warning("taking over %d sends whose lease ran out (messages %s, held by %s)", len(expired),
+                                [r[2] for r in expired[:20]], sorted({r[1] for r in expired if r[1]}))
+                ids = [r[0] for r in expired]
             if len(ids) < limit:
                 stmt = _CLAIMABLE_SQLITE if sqlite else _CLAIMABLE_PG
                 ids += [r[0] for r in (await conn.execute(stmt, {"now": now, "n": limit - len(ids)})).all()]

@@ -17,10 +17,14 @@ CHANNEL = "loket:events"
 
 def redis_client(url: str) -> Any:
     """A Redis client whose pool waits for a free connection instead of failing when many sends publish at
-    once (redis-py's default pool refuses the 101st concurrent command)."""
+    once (redis-py's default pool refuses the 101st concurrent command), and that reconnects and retries a
+    command up to 3 times when its connection was dropped (a Redis restart, ``CLIENT KILL``, a failover)."""
     import redis.asyncio as aioredis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import ExponentialBackoff
 
-    pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=64, timeout=20)
+    retry = Retry(ExponentialBackoff(cap=0.5, base=0.02), 3)
+    pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=64, timeout=20, retry=retry)
     return aioredis.Redis.from_pool(pool)  # closing the client closes the pool
 
 

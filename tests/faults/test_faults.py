@@ -298,6 +298,11 @@ async def test_nothing_lost_under_kills_and_outages(db_url: str, tmp_path: Path)
         if t.broken_examples or t.unexplained:
             print("order at the fakes (first copies):", t.broken_examples)
             print("unexplained duplicates:", t.unexplained[:10])
+            for key in t.unexplained[:10]:
+                print("  ", key, [(r.sender, round(r.forwarded_at - started, 2),
+                                   None if r.answered_at is None else round(r.answered_at - started, 2))
+                                  for r in forwarded if r.key == key])
+            print("kills:", {who: round(at - started, 2) for who, at in cluster.kills.items()})
             print("faults:", [(round(at - started, 1), kind, detail) for at, kind, detail in chaos.faults])
         assert len(forwarded) == len(sent), "every accepted send passed the chaos middleware"
         assert t.lost == 0, report
