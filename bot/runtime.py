@@ -29,6 +29,13 @@ from storage.db import check_database, make_engine
 from storage.schema import upgrade
 
 log = logging.getLogger("loket")
+# How often the router and dispatcher look for work nobody told them about. Writes in this process wake them
+# at once (nudges), so on SQLite (one process) the poll only catches rows written by another program (the
+# ``loket`` CLI) and retries; with PostgreSQL a worker learns of a web process's messages by polling, and runs
+# several router loops (LOKET_ROUTER_LOOPS), so it polls more often. Measured: an idle ``loket run`` on SQLite
+# used 12.8 % of a core polling every 50 ms, 4.2 % at 250 ms (the rest: reminder, SLA, webhook and KB ticks).
+POLL_SQLITE = 0.25
+POLL_SHARED = 0.2
 
 TaskFactory = Callable[[], Awaitable[None]]
 
@@ -62,13 +69,13 @@ class Runtime:
             backoff_base=settings.dispatch_backoff_base,
             backoff_cap=settings.dispatch_backoff_cap,
             lease=timedelta(seconds=float(settings.env.get("LOKET_DISPATCH_LEASE_SECONDS", "60"))),
-            poll_interval=0.05 if settings.is_sqlite else 0.2,
+            poll_interval=POLL_SQLITE if settings.is_sqlite else POLL_SHARED,
         )
         if self.runs_worker:
             self.pipeline.dispatcher = self.dispatcher  # routed replies go straight to this process's dispatcher
         self.worker = RouterWorker(
             self.engine, self.pipeline, self.events.publish, self.dispatcher.nudge,
-            poll_interval=0.05 if settings.is_sqlite else 0.2,
+            poll_interval=POLL_SQLITE if settings.is_sqlite else POLL_SHARED,
         )
         if not settings.is_sqlite:
             self.worker.loops = int(settings.env.get("LOKET_ROUTER_LOOPS", "4"))
