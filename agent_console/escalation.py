@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("loket.console")
 
 PRESENCE_TIMEOUT = timedelta(seconds=90)
+OPEN_STATES = ("queued", "assigned", "pending_customer")
 ORDER_CSAT = 12
 FRUSTRATION_WORDS = {"kecewa", "marah", "parah", "kesal", "jengkel", "payah", "angry", "terrible", "awful",
                      "worst", "furious", "useless", "bodoh", "lambat banget"}
@@ -268,18 +270,44 @@ async def frustration_hook(conn: Any, msg: Any, identity: dict[str, Any], custom
 
 # ------------------------------------------------------------------ background work
 class Escalation:
+    """The escalation loop. What one tick reads is bounded, so a desk with 100,000 open conversations costs the
+    same per tick as one with ten:
+
+    * the queue: the ``QUEUE_WINDOW`` longest-waiting queued conversations (told their position, assigned);
+    * SLA due times of those, and of conversations an event named since the last tick (escalated, priority
+      or team changed — from any process, through the event bus);
+    * breaches: only conversations whose due time has passed (an indexed-column filter, not a scan);
+    * every ``LOKET_SLA_SCAN_SECONDS`` (and after an SLA policy change) a full pass over the open conversations
+      in pages of ``SCAN_PAGE``, each page its own transaction: catches any change that sent no event.
+    """
+
+    QUEUE_WINDOW = 500
+    SCAN_PAGE = 1000
+
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self.interval = float(rt.settings.env.get("LOKET_CONSOLE_TICK", "1.0"))
+        self.scan_every = float(rt.settings.env.get("LOKET_SLA_SCAN_SECONDS", "15"))
         self._wake = asyncio.Event()
+        self._dirty: set[int] = set()
+        self._next_scan = 0.0  # time.monotonic() of the next full pass
 
-    def nudge(self) -> None:
+    def nudge(self, *, rescan: bool = False) -> None:
+        if rescan:
+            self._next_scan = 0.0
         self._wake.set()
+
+    def touched(self, conversation_id: int) -> None:
+        """A conversation changed (escalated, priority, team …): bring its SLA up to date at the next tick."""
+        self._dirty.add(conversation_id)
 
     async def run(self) -> None:
         while True:
+            full = time.monotonic() >= self._next_scan
             try:
-                await self.tick()
+                await self.tick(full=full)
+                if full:
+                    self._next_scan = time.monotonic() + self.scan_every
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - keep the loop alive; the next tick retries
@@ -290,39 +318,39 @@ class Escalation:
             except TimeoutError:
                 pass
 
-    async def tick(self) -> None:
+    async def tick(self, *, full: bool = True) -> None:
         from bot.effects import SetState
         from bot.outbound import SendRejected, act_on_conversation
 
         rt = self.rt
         now = rt.clock.now()
+        dirty, self._dirty = self._dirty, set()
+        breached_events: list[tuple[str, dict[str, Any]]] = []
         async with rt.engine.begin() as conn:
             await conn.execute(update(agents).where(agents.c.presence != "offline",
                                                     agents.c.presence_at < now - PRESENCE_TIMEOUT)
                                .values(presence="offline"))
             policies = await load_policies(conn)
-            open_rows = [dict(r) for r in (await conn.execute(
-                select(conversations).where(conversations.c.state.in_(("queued", "assigned", "pending_customer")))
-                .order_by(conversations.c.queued_at))).mappings().all()]
+            queued = [dict(r) for r in (await conn.execute(
+                select(conversations).where(conversations.c.state == "queued")
+                .order_by(conversations.c.queued_at, conversations.c.id).limit(self.QUEUE_WINDOW))).mappings().all()]
+            seen = {c["id"] for c in queued}
+            others: list[dict[str, Any]] = []
+            wanted = sorted(dirty - seen)
+            for i in range(0, len(wanted), self.SCAN_PAGE):
+                others += [dict(r) for r in (await conn.execute(select(conversations).where(
+                    conversations.c.id.in_(wanted[i:i + self.SCAN_PAGE]),
+                    conversations.c.state.in_(OPEN_STATES)))).mappings().all()]
+            await self._bring_up_to_date(conn, queued + others, policies, now, breached_events)
+            if not full:
+                seen |= {c["id"] for c in others}
+                late = [dict(r) for r in (await conn.execute(select(conversations).where(
+                    conversations.c.state.in_(OPEN_STATES),
+                    ((conversations.c.first_response_due <= now) & conversations.c.first_response_at.is_(None))
+                    | ((conversations.c.resolution_due <= now) & conversations.c.resolved_at.is_(None)))
+                )).mappings().all() if r["id"] not in seen]
+                await self._bring_up_to_date(conn, late, policies, now, breached_events)
             team_rows = {r["id"]: dict(r) for r in (await conn.execute(select(teams))).mappings().all()}
-            # SLA due times: from the episode's start and the current priority, team and policies
-            breached_events: list[tuple[str, dict[str, Any]]] = []
-            for conv in open_rows:
-                values = due_times(conv, policies)
-                if values:
-                    await conn.execute(update(conversations).where(conversations.c.id == conv["id"]).values(**values))
-                    conv.update(values)
-                # breaches, counted once per episode
-                if sla_state(conv, now) == "breached" and not (conv["meta"] or {}).get("sla_breached"):
-                    meta = {**(conv["meta"] or {}), "sla_breached": now.isoformat()}
-                    await conn.execute(update(conversations).where(conversations.c.id == conv["id"]).values(meta=meta))
-                    conv["meta"] = meta
-                    await add_touchpoint(conn, customer_id=conv["customer_id"], conversation_id=conv["id"],
-                                         kind="sla_breached", now=now, channel=conv["channel"],
-                                         payload={"priority": conv["priority"], "team_id": conv["team_id"]})
-                    breached_events.append(("conversation.sla_breached",
-                                            {"conversation_id": conv["id"], "customer_id": conv["customer_id"]}))
-            queued = [c for c in open_rows if c["state"] == "queued"]
             agent_rows = (await conn.execute(select(agents).where(agents.c.active.is_(True)))).mappings().all()
             loads: dict[int, int] = dict((await conn.execute(
                 select(conversations.c.assignee_id, func.count())
@@ -335,8 +363,52 @@ class Escalation:
             membership: dict[int, set[int]] = {}
             for tm in (await conn.execute(select(team_members))).mappings().all():
                 membership.setdefault(tm["team_id"], set()).add(tm["agent_id"])
+        if full:
+            await self._scan(policies, now, breached_events)
         if breached_events:
             await rt.events.publish(breached_events)
+        await self._serve_queue(queued, team_rows, agent_rows, loads, last, membership, now,
+                                act_on_conversation, SendRejected, SetState)
+
+    async def _scan(self, policies: Any, now: datetime, breached_events: list[tuple[str, dict[str, Any]]]) -> None:
+        """Every open conversation, a page per transaction (memory and lock time stay bounded)."""
+        after = 0
+        while True:
+            async with self.rt.engine.begin() as conn:
+                page = [dict(r) for r in (await conn.execute(
+                    select(conversations).where(conversations.c.state.in_(OPEN_STATES), conversations.c.id > after)
+                    .order_by(conversations.c.id).limit(self.SCAN_PAGE))).mappings().all()]
+                if not page:
+                    return
+                await self._bring_up_to_date(conn, page, policies, now, breached_events)
+            after = page[-1]["id"]
+            if len(page) < self.SCAN_PAGE:
+                return
+
+    async def _bring_up_to_date(self, conn: Any, rows: list[dict[str, Any]], policies: Any, now: datetime,
+                                breached_events: list[tuple[str, dict[str, Any]]]) -> None:
+        """SLA due times from the episode's start and the current priority, team and policies; breaches, counted
+        once per episode. Updates ``rows`` in place."""
+        for conv in rows:
+            values = due_times(conv, policies)
+            if values:
+                await conn.execute(update(conversations).where(conversations.c.id == conv["id"]).values(**values))
+                conv.update(values)
+            if sla_state(conv, now) == "breached" and not (conv["meta"] or {}).get("sla_breached"):
+                meta = {**(conv["meta"] or {}), "sla_breached": now.isoformat()}
+                await conn.execute(update(conversations).where(conversations.c.id == conv["id"]).values(meta=meta))
+                conv["meta"] = meta
+                await add_touchpoint(conn, customer_id=conv["customer_id"], conversation_id=conv["id"],
+                                     kind="sla_breached", now=now, channel=conv["channel"],
+                                     payload={"priority": conv["priority"], "team_id": conv["team_id"]})
+                breached_events.append(("conversation.sla_breached",
+                                        {"conversation_id": conv["id"], "customer_id": conv["customer_id"]}))
+
+    async def _serve_queue(self, queued: list[dict[str, Any]], team_rows: dict[int, dict[str, Any]],
+                           agent_rows: Any, loads: dict[int, int], last: dict[str, int],
+                           membership: dict[int, set[int]], now: datetime, act_on_conversation: Any,
+                           send_rejected: type[Exception], set_state: Any) -> None:
+        rt = self.rt
         online = sum(1 for a in agent_rows if a["presence"] == "online")
         # round robin memory: the touchpoint id of each agent's last auto-assignment orders them
         last_assigned = {int(k.split(":")[1]): v for k, v in last.items() if k and k.startswith("auto:")}
@@ -348,7 +420,7 @@ class Escalation:
             team = team_rows.get(conv["team_id"]) if conv["team_id"] else None
             meta = conv["meta"] or {}
             if not meta.get("queue_notified"):
-                await self._notify(conv, team, position, online, act_on_conversation, SendRejected, now)
+                await self._notify(conv, team, position, online, act_on_conversation, send_rejected, now)
         for conv in sorted(queued, key=lambda c: (prio_rank.get(c["priority"], 9), str(c["queued_at"]))):
             team = team_rows.get(conv["team_id"]) if conv["team_id"] else None
             if team and not is_open(team["business_hours"], now):
@@ -360,7 +432,7 @@ class Escalation:
             try:
                 await act_on_conversation(rt, conv["id"], [
                     Custom("console.assign", {"assignee_id": chosen.id, "by": f"auto:{chosen.id}"}),
-                    SetState("assigned", reason="auto_assigned"),
+                    set_state("assigned", reason="auto_assigned"),
                 ])
             except Exception:  # noqa: BLE001
                 log.exception("auto-assignment of conversation %s failed", conv["id"])
@@ -401,6 +473,8 @@ def setup(rt: Runtime) -> None:
     rt.router.add("csat", csat_step, ORDER_CSAT)
 
     async def on_event(name: str, payload: dict[str, Any]) -> None:
+        if name.startswith("conversation.") and isinstance(payload.get("conversation_id"), int):
+            esc.touched(payload["conversation_id"])
         if name in {"conversation.escalated", "agent.presence"}:
             esc.nudge()
 

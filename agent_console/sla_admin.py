@@ -49,7 +49,7 @@ class SlaAdmin:
                              object_type="sla_policies", before=sla.as_dict(current), after=sla.as_dict(form.policies))
         escalation = console.rt.services.get("escalation")
         if escalation is not None:
-            escalation.nudge()  # apply the new targets to open conversations now
+            escalation.nudge(rescan=True)  # apply the new targets to open conversations now
         raise web.HTTPSeeOther("/console/admin/sla?saved=1")
 
     def render(self, request: web.Request, me: dict[str, Any], team_rows: list[dict[str, Any]],

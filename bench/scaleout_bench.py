@@ -37,6 +37,11 @@ def pg_url(db: str) -> str:
     return PG_ADMIN.rsplit("/", 1)[0] + "/" + db
 
 
+# The load's chats are the first seeded conversations, which are with the bot (the rest are a mix of bot,
+# queued, assigned and waiting-for-customer, as in a busy desk): a queued conversation's message gets no bot reply.
+LOAD_CHATS = 5000
+
+
 def recreate(db: str) -> None:
     import asyncpg
 
@@ -75,8 +80,9 @@ def serve(workers: int) -> None:
                    stdout=subprocess.DEVNULL)
     procs = [subprocess.Popen([PY, "-m", "bot.cli", "web"], env=env, cwd=ROOT)]
     for _ in range(workers):
-        procs.append(subprocess.Popen([PY, "-m", "bot.cli", "worker"], env={**env, "LOKET_PORT": str(free_port())},
-                                      cwd=ROOT))
+        # each worker serves its own /metrics and health checks, so each needs its own port
+        procs.append(subprocess.Popen([PY, "-m", "bot.cli", "worker"], cwd=ROOT, env={
+            **env, "LOKET_PORT": str(free_port()), "LOKET_WORKER_METRICS_PORT": str(free_port())}))
     stop = False
 
     def on_signal(*_: object) -> None:
@@ -136,8 +142,9 @@ async def seed(url: str, n: int) -> None:
         await conn.execute(text(
             "INSERT INTO conversations (id, customer_id, identity_id, channel, state, priority, labels, meta, "
             "created_at, updated_at, last_message_at) SELECT g, g, g, 'telegram', "
-            "(ARRAY['bot','queued','assigned','pending_customer'])[1 + g % 4], 'normal', '[]', '{}', now(), now(), "
-            "now() FROM generate_series(1, :n) g"), {"n": n})
+            "CASE WHEN g <= :bot THEN 'bot' ELSE (ARRAY['bot','queued','assigned','pending_customer'])[1 + g % 4] END, "
+            "'normal', '[]', '{}', now(), now(), "
+            "now() FROM generate_series(1, :n) g"), {"n": n, "bot": LOAD_CHATS})
         for table in ("customers", "identities", "conversations"):
             await conn.execute(text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), :n)"), {"n": n})
     await engine.dispose()
@@ -169,7 +176,7 @@ def rss(args: argparse.Namespace) -> None:
                                 f"http://127.0.0.1:{port}/webhooks/telegram", "--secret", "S3cret_x",
                                 "--token", "1:BENCH", "--fake-port", str(fake_port), "--concurrency", "32",
                                 "--max-updates", str(args.updates), "--duration", "60", "--warmup", "0",
-                                "--chats", "5000", "--chat-base", "900000001", "--start-timeout", "60",
+                                "--chats", str(LOAD_CHATS), "--chat-base", "900000001", "--start-timeout", "60",
                                 "--reply-timeout", "30"],
                                cwd=ROOT)
     procs = {"web": psutil.Process(web.pid), "worker": psutil.Process(worker.pid)}
