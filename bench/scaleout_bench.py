@@ -118,6 +118,16 @@ def throughput(args: argparse.Namespace) -> None:
                "--env", f"LOKET_REDIS_PREFIX=bench{workers}:"]
         print("$", " ".join(cmd), flush=True)
         subprocess.run(cmd, cwd=ROOT, check=True)
+    if args.peer:
+        # the reference: the minimal durable PostgreSQL design of ../shared/bench, same load, same run
+        name = "peer_d_durable_pg"
+        cmd = [PY, str(SHARED / "harness.py"), "run", "--name", name, "--concurrency", str(args.concurrency),
+               "--warmup", str(args.warmup), "--duration", str(args.duration), "--aux-proc", "postgres",
+               "--start-timeout", "90", "--port", str(free_port()), "--fake-port", str(free_port()),
+               "--server-log", str(RESULTS / f"{name}.log"), "--out", str(out),
+               "--server-cmd", f"{PY} {SHARED / 'peers' / 'durable_pg.py'}"]
+        print("$", " ".join(cmd), flush=True)
+        subprocess.run(cmd, cwd=ROOT, check=True)
     subprocess.run([PY, str(SHARED / "harness.py"), "table", str(out)], cwd=ROOT)
 
 
@@ -216,6 +226,7 @@ def main() -> None:
     t.add_argument("--duration", type=float, default=15)
     t.add_argument("--warmup", type=float, default=3)
     t.add_argument("--concurrency", type=int, default=64)
+    t.add_argument("--no-peer", dest="peer", action="store_false", help="skip the durable_pg reference peer")
     r = sub.add_parser("rss")
     r.add_argument("--conversations", type=int, default=100_000)
     r.add_argument("--updates", type=int, default=2000)
