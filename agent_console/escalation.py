@@ -282,7 +282,7 @@ class Escalation:
     """
 
     QUEUE_WINDOW = 500
-    SCAN_PAGE = 1000
+    SCAN_PAGE = 250
 
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt

@@ -26,7 +26,7 @@ from bot.pipeline import InboxWriter, Pipeline, RouterWorker
 from bot.router import Router
 from bot.steps import install_core_steps
 from storage.db import check_database, make_engine
-from storage.schema import upgrade
+from storage.schema import upgrade, upgrade_in_child
 
 log = logging.getLogger("loket")
 # How often the router and dispatcher look for work nobody told them about. Writes in this process wake them
@@ -124,9 +124,13 @@ class Runtime:
         return self.role in {"all", "worker"}
 
     # ------------------------------------------------------------ lifecycle
-    async def prepare(self, migrate: bool = True) -> None:
+    async def prepare(self, migrate: bool = True, *, in_child: bool = False) -> None:
+        """Check the database and migrate it; ``in_child``: migrate in a child process (servers: Alembic then
+        never takes memory in the long-running process)."""
         await check_database(self.engine)
-        if migrate:
+        if migrate and in_child:
+            await upgrade_in_child(self.engine.url.render_as_string(hide_password=False))
+        elif migrate:
             await upgrade(self.engine)
 
     async def start(self) -> None:

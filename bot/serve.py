@@ -14,6 +14,7 @@ from sqlalchemy.exc import DBAPIError
 from bot.config import ConfigError, Settings
 from bot.runtime import Runtime
 from storage.db import DatabaseUnavailable, check_database, make_engine
+from storage.schema import SchemaUpgradeFailed
 
 log = logging.getLogger("loket")
 
@@ -71,7 +72,7 @@ async def prepare_riding_out_drops(rt: Runtime, attempts: int = 5) -> None:
     the process with a traceback; migrations run in a transaction, so a retry starts clean."""
     for attempt in range(1, attempts + 1):
         try:
-            await rt.prepare(migrate=True)
+            await rt.prepare(migrate=True, in_child=True)
             return
         except (DBAPIError, OSError, DatabaseUnavailable) as exc:
             if attempt == attempts:
@@ -115,7 +116,7 @@ def run_process(role: str) -> None:
         pass
     try:
         asyncio.run(serve(settings, role))
-    except DatabaseUnavailable as exc:
+    except (DatabaseUnavailable, SchemaUpgradeFailed) as exc:
         print(f"loket: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
     except OSError as exc:

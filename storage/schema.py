@@ -6,15 +6,22 @@ revision; ``upgrade`` goes to all heads, so features land without touching each 
 
 from __future__ import annotations
 
+import asyncio
 import importlib
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import MetaData
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from storage.models import Base
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+# the child's exit status when it could not reach the database (the parent tries again, then exits 2)
+UNAVAILABLE_EXIT = 3
 
 # Modules that define tables on ``Base``. A feature adds its module here.
 MODEL_MODULES: list[str] = [
@@ -35,6 +42,8 @@ def load_all_models() -> MetaData:
 
 
 def alembic_config(url: str) -> Config:
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
@@ -42,6 +51,8 @@ def alembic_config(url: str) -> Config:
 
 
 def _upgrade_sync(connection: object, url: str) -> None:
+    from alembic import command
+
     cfg = alembic_config(url)
     cfg.attributes["connection"] = connection
     command.upgrade(cfg, "heads")
@@ -53,3 +64,54 @@ async def upgrade(engine: AsyncEngine) -> None:
     async with engine.connect() as conn:
         await conn.run_sync(_upgrade_sync, url)
         await conn.commit()
+
+
+class SchemaUpgradeFailed(RuntimeError):
+    """The migration child failed for a reason other than the database being out of reach."""
+
+
+async def upgrade_in_child(url: str) -> None:
+    """``upgrade`` in a short-lived child process, so a long-running server never imports Alembic and its
+    templates (~17 MB of a process's memory for a step that runs once). Raises ``DatabaseUnavailable`` when
+    the child could not reach the database, ``SchemaUpgradeFailed`` (with the child's last line) otherwise."""
+    from storage.db import DatabaseUnavailable
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "storage.schema", stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        cwd=str(Path(__file__).resolve().parent.parent))
+    _, err = await proc.communicate(url.encode())  # on stdin: a password never shows in the process list
+    if proc.returncode == 0:
+        return
+    lines = [ln for ln in err.decode(errors="replace").strip().splitlines() if ln.strip()]
+    last = lines[-1] if lines else f"exit status {proc.returncode}"
+    if proc.returncode == UNAVAILABLE_EXIT:
+        raise DatabaseUnavailable(last)
+    raise SchemaUpgradeFailed(f"migrating the database failed: {last}")
+
+
+def _child() -> int:
+    from sqlalchemy.exc import DBAPIError
+
+    from storage.db import DatabaseUnavailable, make_engine
+
+    url = sys.stdin.read().strip()
+
+    async def run() -> None:
+        engine = make_engine(url)
+        try:
+            await upgrade(engine)
+        finally:
+            await engine.dispose()
+
+    try:
+        asyncio.run(run())
+    except (DBAPIError, OSError, DatabaseUnavailable) as exc:
+        text = str(exc).strip().splitlines()
+        print(text[0] if text else type(exc).__name__, file=sys.stderr)
+        return UNAVAILABLE_EXIT
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child())

@@ -720,10 +720,10 @@ class TelegramChannel:
         except Exception:  # noqa: BLE001 - not stored: a 503 makes Telegram deliver it again
             log.exception("telegram update %s could not be stored", upd.update_id)
             return web.json_response({"error": "temporarily unable to store the update"}, status=503)
-        body = _OUTCOME_BODIES.get(outcome)
-        if body is None:
+        answer = _OUTCOME_BODIES.get(outcome)
+        if answer is None:
             return web.json_response({"ok": True, "outcome": outcome})
-        return web.Response(body=body, content_type="application/json")
+        return web.Response(body=answer, content_type="application/json")
 
     # ------------------------------------------------------------------ long polling (development)
     async def poll_forever(self) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import json
 import logging
 import mimetypes
@@ -31,9 +32,7 @@ from aiohttp import web
 from multidict import MultiDict, MultiDictProxy
 from sqlalchemy import select, update
 from twilio.base.exceptions import TwilioRestException
-from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.request_validator import RequestValidator
-from twilio.rest import Client
 
 from bot.attachments import AttachmentRejected, AttachmentStore
 from bot.channels.base import PermanentSendError, TransientSendError, numbered_choices
@@ -141,18 +140,25 @@ _last_headers: contextvars.ContextVar[dict[str, str] | None] = contextvars.Conte
 )
 
 
-class _TwilioHttp(AsyncTwilioHttpClient):
+@functools.cache
+def _twilio_http() -> type[Any]:
     """The SDK's aiohttp transport with a default timeout, keeping the answer's headers (``Retry-After``)
-    for the task that made the request — the SDK's exception does not carry them."""
+    for the task that made the request — the SDK's exception does not carry them. The SDK's HTTP and REST
+    modules (and ``requests`` under them, ~5 MB) are imported when the first message is sent, so a process
+    where WhatsApp is not configured, or that only receives webhooks, never loads them."""
+    from twilio.http.async_http_client import AsyncTwilioHttpClient
 
-    async def request(self, method: str, url: str, params: Any = None, data: Any = None, headers: Any = None,
-                      auth: Any = None, timeout: float | None = None, allow_redirects: bool = False) -> Any:
-        _last_headers.set(None)
-        response = await super().request(method, url, params=params, data=data, headers=headers, auth=auth,
-                                         timeout=timeout if timeout is not None else self.timeout,
-                                         allow_redirects=allow_redirects)
-        _last_headers.set({k.lower(): v for k, v in (response.headers or {}).items()})
-        return response
+    class TwilioHttp(AsyncTwilioHttpClient):  # type: ignore[misc]
+        async def request(self, method: str, url: str, params: Any = None, data: Any = None, headers: Any = None,
+                          auth: Any = None, timeout: float | None = None, allow_redirects: bool = False) -> Any:
+            _last_headers.set(None)
+            response = await super().request(method, url, params=params, data=data, headers=headers, auth=auth,
+                                             timeout=timeout if timeout is not None else self.timeout,
+                                             allow_redirects=allow_redirects)
+            _last_headers.set({k.lower(): v for k, v in (response.headers or {}).items()})
+            return response
+
+    return TwilioHttp
 
 
 class WhatsAppChannel:
@@ -178,15 +184,17 @@ class WhatsAppChannel:
         self.validator = RequestValidator(self.auth_token)
         self.store = AttachmentStore(s.data_dir)
         self.status_callback = s.public_url.rstrip("/") + "/webhooks/twilio/status"
-        self._client: Client | None = None
-        self._http: _TwilioHttp | None = None
+        self._client: Any = None  # twilio.rest.Client, made on first use
+        self._http: Any = None
         self._media_session: aiohttp.ClientSession | None = None
         self.media_budget = MEDIA_BUDGET_SECONDS
 
     # ------------------------------------------------------------------ lifecycle
-    def client(self) -> Client:
+    def client(self) -> Any:
         if self._client is None:
-            self._http = _TwilioHttp(timeout=SEND_TIMEOUT_SECONDS, logger=sdk_log)
+            from twilio.rest import Client
+
+            self._http = _twilio_http()(timeout=SEND_TIMEOUT_SECONDS, logger=sdk_log)
             client = Client(self.account_sid, self.auth_token, http_client=self._http)
             # The Api domain's base URL is where every v2010 request goes (twilio/base/domain.py).
             client.api.base_url = self.api_base

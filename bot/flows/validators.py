@@ -13,7 +13,6 @@ from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import dateparser
 import phonenumbers
 from rapidfuzz import fuzz, process
 
@@ -36,6 +35,14 @@ Result = Valid | Invalid
 
 # ----------------------------------------------------------------------------------------------- choice
 
+
+
+def _dateparser() -> Any:
+    """dateparser, imported on the first date or time answer (its language data is ~5 MB a process would
+    otherwise carry without ever asking a date question)."""
+    import dateparser
+
+    return dateparser
 
 def match_option(answer: str, options: list[tuple[str, list[str]]], cutoff: float = 80.0) -> str | None:
     """Pick an option value from a typed answer: its number, its value, one of its labels, or a close typo.
@@ -228,7 +235,7 @@ def parse_when(answer: str, kind: str, now: datetime, tz: str = DEFAULT_TIMEZONE
     rest = re.sub(r"\b(tanggal|tgl|hari|pada|on|di|at|pukul|jam)\b", " ", rest, flags=re.IGNORECASE).strip(" ,")
     if kind == "time":
         if hm is None:
-            parsed = dateparser.parse(text, languages=["id", "en"], settings={"RELATIVE_BASE": local_now.replace(
+            parsed = _dateparser().parse(text, languages=["id", "en"], settings={"RELATIVE_BASE": local_now.replace(
                 tzinfo=None)})
             if parsed is None or not re.search(r"\d", text):
                 return Invalid("not_a_time")
@@ -236,7 +243,7 @@ def parse_when(answer: str, kind: str, now: datetime, tz: str = DEFAULT_TIMEZONE
         value = f"{hm[0]:02d}:{hm[1]:02d}"
         return Valid(value, value)
     if day is None and rest:
-        parsed = dateparser.parse(
+        parsed = _dateparser().parse(
             rest, languages=["id", "en"],
             settings={"RELATIVE_BASE": local_now.replace(tzinfo=None), "PREFER_DATES_FROM": "future",
                       "DATE_ORDER": "DMY", "PREFER_DAY_OF_MONTH": "first"},
