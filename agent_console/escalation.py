@@ -304,14 +304,16 @@ class Escalation:
     async def run(self) -> None:
         while True:
             full = time.monotonic() >= self._next_scan
+            if full:  # set before the pass, so a rescan asked for during it (a policy saved) is not lost
+                self._next_scan = time.monotonic() + self.scan_every
             try:
                 await self.tick(full=full)
-                if full:
-                    self._next_scan = time.monotonic() + self.scan_every
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - keep the loop alive; the next tick retries
                 log.exception("escalation tick failed")
+                if full:
+                    self._next_scan = 0.0  # the pass did not finish: the next tick makes it again
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=self.interval)

@@ -103,31 +103,28 @@ def serve(workers: int) -> None:
             p.kill()
 
 
+def harness_run(args: argparse.Namespace, out: Path, name: str, server_cmd: str, *extra: str) -> None:
+    """One configuration through ``../shared/bench/harness.py run``: the same load for Loket and the peer."""
+    cmd = [PY, str(SHARED / "harness.py"), "run", "--name", name, "--concurrency", str(args.concurrency),
+           "--warmup", str(args.warmup), "--duration", str(args.duration), "--aux-proc", "postgres",
+           "--start-timeout", "90", "--port", str(free_port()), "--fake-port", str(free_port()),
+           "--server-log", str(RESULTS / f"{name}.log"), "--out", str(out), "--server-cmd", server_cmd, *extra]
+    print("$", " ".join(cmd), flush=True)
+    subprocess.run(cmd, cwd=ROOT, check=True)
+
+
 def throughput(args: argparse.Namespace) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "scaleout.jsonl"
     for workers in args.workers:
         recreate(DB)
-        name = f"loket_pg_redis_{workers}w"
-        cmd = [PY, str(SHARED / "harness.py"), "run", "--name", name, "--concurrency", str(args.concurrency),
-               "--warmup", str(args.warmup), "--duration", str(args.duration), "--aux-proc", "postgres",
-               "--start-timeout", "90", "--port", str(free_port()), "--fake-port", str(free_port()),
-               "--path", "/webhooks/telegram", "--server-log", str(RESULTS / f"{name}.log"), "--out", str(out),
-               "--server-cmd", f"{PY} {ROOT / 'bench' / 'scaleout_bench.py'} serve --workers {workers}",
-               "--env", f"DATABASE_URL={pg_url(DB)}", "--env", f"REDIS_URL={REDIS}",
-               "--env", f"LOKET_REDIS_PREFIX=bench{workers}:"]
-        print("$", " ".join(cmd), flush=True)
-        subprocess.run(cmd, cwd=ROOT, check=True)
+        harness_run(args, out, f"loket_pg_redis_{workers}w",
+                    f"{PY} {ROOT / 'bench' / 'scaleout_bench.py'} serve --workers {workers}",
+                    "--path", "/webhooks/telegram", "--env", f"DATABASE_URL={pg_url(DB)}",
+                    "--env", f"REDIS_URL={REDIS}", "--env", f"LOKET_REDIS_PREFIX=bench{workers}:")
     if args.peer:
         # the reference: the minimal durable PostgreSQL design of ../shared/bench, same load, same run
-        name = "peer_d_durable_pg"
-        cmd = [PY, str(SHARED / "harness.py"), "run", "--name", name, "--concurrency", str(args.concurrency),
-               "--warmup", str(args.warmup), "--duration", str(args.duration), "--aux-proc", "postgres",
-               "--start-timeout", "90", "--port", str(free_port()), "--fake-port", str(free_port()),
-               "--server-log", str(RESULTS / f"{name}.log"), "--out", str(out),
-               "--server-cmd", f"{PY} {SHARED / 'peers' / 'durable_pg.py'}"]
-        print("$", " ".join(cmd), flush=True)
-        subprocess.run(cmd, cwd=ROOT, check=True)
+        harness_run(args, out, "peer_d_durable_pg", f"{PY} {SHARED / 'peers' / 'durable_pg.py'}")
     subprocess.run([PY, str(SHARED / "harness.py"), "table", str(out)], cwd=ROOT)
 
 

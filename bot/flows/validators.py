@@ -36,14 +36,6 @@ Result = Valid | Invalid
 # ----------------------------------------------------------------------------------------------- choice
 
 
-
-def _dateparser() -> Any:
-    """dateparser, imported on the first date or time answer (its language data is ~5 MB a process would
-    otherwise carry without ever asking a date question)."""
-    import dateparser
-
-    return dateparser
-
 def match_option(answer: str, options: list[tuple[str, list[str]]], cutoff: float = 80.0) -> str | None:
     """Pick an option value from a typed answer: its number, its value, one of its labels, or a close typo.
 
@@ -217,6 +209,14 @@ def _relative_day(text: str, today: date) -> tuple[str, date | None]:
             if month == 13:
                 year, month = year + 1, 1
     return text, None
+
+
+def _dateparser() -> Any:
+    """dateparser, imported on the first date or time answer (its language data is ~5 MB a process would
+    otherwise carry without ever asking a date question)."""
+    import dateparser
+
+    return dateparser
 
 
 def parse_when(answer: str, kind: str, now: datetime, tz: str = DEFAULT_TIMEZONE,
