@@ -181,6 +181,40 @@ async def apply_first_response(actx: ApplyContext, eff: Custom) -> None:
     )
 
 
+async def record_breach(conn: Any, conv: dict[str, Any], now: datetime) -> tuple[str, dict[str, Any]] | None:
+    """Count the episode's breach once: a touchpoint and the ``sla_breached`` mark (``conv`` is updated in
+    place); returns the event to publish, or None when there is no new breach."""
+    if sla_state(conv, now) != "breached" or (conv["meta"] or {}).get("sla_breached"):
+        return None
+    # Looks like a new breach: read the row again under a row lock (an agent may be resolving it right now, or
+    # another process's tick counting it), and decide on what is committed.
+    fresh = (await conn.execute(select(conversations).where(conversations.c.id == conv["id"])
+                                .with_for_update())).mappings().first()
+    if fresh is None:
+        return None
+    conv.update(fresh)
+    if conv["state"] not in OPEN_STATES or sla_state(conv, now) != "breached" or \
+            (conv["meta"] or {}).get("sla_breached"):
+        return None
+    meta = {**(conv["meta"] or {}), "sla_breached": now.isoformat()}
+    await conn.execute(update(conversations).where(conversations.c.id == conv["id"]).values(meta=meta))
+    conv["meta"] = meta
+    await add_touchpoint(conn, customer_id=conv["customer_id"], conversation_id=conv["id"],
+                         kind="sla_breached", now=now, channel=conv["channel"],
+                         payload={"priority": conv["priority"], "team_id": conv["team_id"]})
+    return ("conversation.sla_breached", {"conversation_id": conv["id"], "customer_id": conv["customer_id"]})
+
+
+async def apply_close_sla(actx: ApplyContext, eff: Custom) -> None:
+    """Before an episode ends (resolved, handed back): a target it ran past counts as a breach now, whether or
+    not a tick saw it first — the report must not depend on the tick's timing."""
+    conv = dict(await actx.conversation_row())
+    event = await record_breach(actx.conn, conv, actx.now)
+    if event is not None:
+        actx.remember(conversation=conv)
+        actx.events.append(event)
+
+
 async def apply_csat(actx: ApplyContext, eff: Custom) -> None:
     values: dict[str, Any] = {}
     if "score" in eff.data:
@@ -303,6 +337,7 @@ class Escalation:
 
     async def run(self) -> None:
         while True:
+            self._wake.clear()  # before the tick: a nudge that comes during it wakes the next one
             full = time.monotonic() >= self._next_scan
             if full:  # set before the pass, so a rescan asked for during it (a policy saved) is not lost
                 self._next_scan = time.monotonic() + self.scan_every
@@ -314,7 +349,6 @@ class Escalation:
                 log.exception("escalation tick failed")
                 if full:
                     self._next_scan = 0.0  # the pass did not finish: the next tick makes it again
-            self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=self.interval)
             except TimeoutError:
@@ -396,15 +430,9 @@ class Escalation:
             if values:
                 await conn.execute(update(conversations).where(conversations.c.id == conv["id"]).values(**values))
                 conv.update(values)
-            if sla_state(conv, now) == "breached" and not (conv["meta"] or {}).get("sla_breached"):
-                meta = {**(conv["meta"] or {}), "sla_breached": now.isoformat()}
-                await conn.execute(update(conversations).where(conversations.c.id == conv["id"]).values(meta=meta))
-                conv["meta"] = meta
-                await add_touchpoint(conn, customer_id=conv["customer_id"], conversation_id=conv["id"],
-                                     kind="sla_breached", now=now, channel=conv["channel"],
-                                     payload={"priority": conv["priority"], "team_id": conv["team_id"]})
-                breached_events.append(("conversation.sla_breached",
-                                        {"conversation_id": conv["id"], "customer_id": conv["customer_id"]}))
+            event = await record_breach(conn, conv, now)
+            if event is not None:
+                breached_events.append(event)
 
     async def _serve_queue(self, queued: list[dict[str, Any]], team_rows: dict[int, dict[str, Any]],
                            agent_rows: Any, loads: dict[int, int], last: dict[str, int],
@@ -467,6 +495,7 @@ def setup(rt: Runtime) -> None:
     rt.pipeline.appliers["console.assign"] = apply_assign
     rt.pipeline.appliers["console.first_response"] = apply_first_response
     rt.pipeline.appliers["console.csat"] = apply_csat
+    rt.pipeline.appliers["console.close_sla"] = apply_close_sla
     rt.pipeline.appliers["console.raise_priority"] = apply_raise_priority
     rt.pipeline.pre_route_hooks.append(frustration_hook)
     from agent_console.failures import make_observer, threshold_from

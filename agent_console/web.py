@@ -374,7 +374,8 @@ class Console:
         elif action == "resolve":
             lang = conv["language"] or "id"
             done = {**sla.ended(conv["meta"], self.now()), "failures": None}
-            effects = [SetState("resolved", reason="agent_resolved"), Touch("resolved", {}, actor=by)]
+            effects = [Custom("console.close_sla"), SetState("resolved", reason="agent_resolved"),
+                       Touch("resolved", {}, actor=by)]
             if str(data.get("csat") or "1") == "1":
                 effects += [UpdateConversation(meta={**done, "csat": {"stage": "score"}}), Send(csat_question(lang))]
             else:
@@ -384,7 +385,8 @@ class Console:
                        Custom("console.assign", {"assignee_id": me["agent_id"], "by": by}),
                        UpdateConversation(meta=sla.started(self.now()))]
         elif action == "handback":
-            effects = [SetState("bot", reason="handed_back"), Touch("handed_back", {}, actor=by),
+            effects = [Custom("console.close_sla"), SetState("bot", reason="handed_back"),
+                       Touch("handed_back", {}, actor=by),
                        UpdateConversation(meta={**sla.ended(conv["meta"], self.now()), "failures": None})]
         else:
             raise web.HTTPNotFound()

@@ -202,3 +202,31 @@ async def test_a_new_escalation_starts_a_new_sla_clock(server: LoketServer) -> N
 
 async def _has_due(server: LoketServer, conv_id: int) -> bool:
     return (await due(server, conv_id))[0] is not None
+
+
+async def test_resolving_late_counts_the_breach_even_before_any_tick(settings_factory: Any) -> None:
+    """The breach of a target the conversation ran past is counted when it is resolved, not only when a tick
+    happens to look at it in between (a tick once an hour here: none runs after the clock moves)."""
+    from bot.effects import Custom, SetState
+    from bot.outbound import act_on_conversation
+
+    s = LoketServer(settings_factory(LOKET_CONSOLE_TICK="3600", LOKET_SLA_SCAN_SECONDS="3600", LOKET_DEMO="false"),
+                    clock=FrozenClock(T0), components=COMPONENTS)
+    await s.start()
+    try:
+        d = Driver(s.rt)
+        await d.send("halo")
+        await d.send("0")  # escalated
+        conv = await d.conversation()
+        await s.rt.services["escalation"].tick()  # sets the due times
+        assert await _has_due(s, conv["id"])
+        s.rt.clock.advance(timedelta(hours=30))
+        breaches = select(touchpoints).where(touchpoints.c.kind == "sla_breached")
+        assert not await s.fetch(breaches)  # no tick has looked since
+        await act_on_conversation(s.rt, conv["id"], [Custom("console.close_sla"), SetState("resolved", reason="x")])
+        found = await s.fetch(breaches)
+        assert [t["conversation_id"] for t in found] == [conv["id"]]
+        await s.rt.services["escalation"].tick()  # a tick afterwards does not count it again
+        assert len(await s.fetch(breaches)) == 1
+    finally:
+        await s.stop()
