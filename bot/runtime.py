@@ -49,9 +49,13 @@ class Runtime:
         clock: Clock | None = None,
         engine: AsyncEngine | None = None,
         components: list[str] | None = None,
+        long_running: bool = False,
     ) -> None:
         self.settings = settings
         self.role = role
+        # a server process (loket run/web/worker) rather than a command or a test: one-off heavy work such
+        # as fitting the knowledge-base index goes to child processes, so it does not stay in memory
+        self.long_running = long_running
         self.clock = clock or Clock()
         self.engine = engine or make_engine(settings.database_url)
         self.router = Router()

@@ -28,7 +28,7 @@ def configure_logging(level: str) -> None:
 async def serve(settings: Settings, role: str, ready: asyncio.Event | None = None) -> None:
     engine = make_engine(settings.database_url)
     await check_database(engine)  # first, so a wrong DATABASE_URL is one readable line and nothing else
-    rt = Runtime(settings, role=role, engine=engine)
+    rt = Runtime(settings, role=role, engine=engine, long_running=True)
     await prepare_riding_out_drops(rt)
     await rt.start()
     # Everything loaded at start-up (libraries, models, templates, the knowledge-base index) lives as long as

@@ -26,6 +26,8 @@ def setup(rt: Runtime) -> None:
     from knowledge_base.service import KnowledgeBase
 
     kb = KnowledgeBase(rt.engine, rt.clock, rt.settings.env)
+    if not (rt.settings.env.get("LOKET_KB_BUILD") or "").strip():
+        kb.build_in_child = rt.long_running
     rt.services["kb"] = kb
     rt.services["kb_answer"] = kb_answer
     rt.router.add("kb", kb_step, ORDER_KB)

@@ -1,19 +1,21 @@
-"""Term vectors and linear models for the ranker: fitted by scikit-learn once per index build, applied per query
-with plain numpy on the fitted vocabulary, idf and coefficients.
+"""Term vectors, BM25 postings and linear models for the ranker: fitted by scikit-learn and bm25s once per index
+build, applied per query with plain numpy on the fitted vocabulary, weights and coefficients.
 
-Applying them ourselves skips scikit-learn's per-call input validation (it was most of a query's time), and
-scikit-learn — with the scipy.stats/optimize modules it pulls in, about 80 MB of RSS — is imported only when
-an index is fitted, not when this module is.
+Applying them ourselves skips scikit-learn's per-call input validation (it was most of a query's time), and a
+fitted index is plain numpy data: scikit-learn (with the scipy.stats/optimize modules it pulls in, about 70 MB
+of RSS), scipy's sparse matrices and bm25s are imported only where an index is fitted — in a server, a child
+process (``knowledge_base.index_child``) — not where one is used.
 """
 
 from __future__ import annotations
 
+import functools
+import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-from scipy import sparse
 
 Vector = tuple[np.ndarray, np.ndarray]  # (column indices, values) of one sparse row
 EMPTY: Vector = (np.zeros(0, np.int64), np.zeros(0, np.float32))
@@ -21,6 +23,81 @@ EMPTY: Vector = (np.zeros(0, np.int64), np.zeros(0, np.float32))
 
 def _identity(x: list[str]) -> list[str]:
     return x
+
+
+_RUNS_OF_SPACE = re.compile(r"\s\s+")
+
+
+def char_wb_grams(text: str, preprocessor: Callable[[str], str] | None = None, low: int = 3,
+                  high: int = 5) -> list[str]:
+    """Character ``low``–``high``-grams inside words padded with a space (scikit-learn's ``char_wb`` analyzer:
+    a word shorter than an n-gram counts once, whole). Ours rather than the vectorizer's own, so a fitted index
+    is plain data: it can be built in another process and used here without importing scikit-learn."""
+    if preprocessor is not None:
+        text = preprocessor(text)
+    grams: list[str] = []
+    add = grams.append
+    for w in _RUNS_OF_SPACE.sub(" ", text).split():
+        w = f" {w} "
+        size = len(w)
+        for n in range(low, high + 1):
+            if size <= n:
+                add(w)
+                break
+            for i in range(size - n + 1):
+                add(w[i:i + n])
+    return grams
+
+
+class Postings:
+    """Per term, the documents it occurs in and a weight for each (CSR by term: ``indptr`` has one entry per
+    term plus one). ``weighted_sum`` adds up, per document, the weights of the given terms."""
+
+    def __init__(self, indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, n_docs: int) -> None:
+        self.indptr = np.ascontiguousarray(indptr, dtype=np.int64)
+        self.indices = np.ascontiguousarray(indices, dtype=np.int64)
+        self.data = np.ascontiguousarray(data, dtype=np.float32)
+        self.n_docs = int(n_docs)
+
+    @classmethod
+    def by_term(cls, docs_by_terms: Any) -> Postings:
+        """From a fitted documents × terms sparse matrix."""
+        t = docs_by_terms.T.tocsr()
+        t.sort_indices()
+        return cls(t.indptr, t.indices, t.data, docs_by_terms.shape[0])
+
+    def weighted_sum(self, terms: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+        if not len(terms):
+            return np.zeros(self.n_docs, np.float32)
+        ptr, indices, data = self.indptr, self.indices, self.data
+        out = np.zeros(self.n_docs, np.float32)
+        w = weights.tolist() if weights is not None else None
+        for k, t in enumerate(terms.tolist()):
+            a, b = ptr[t], ptr[t + 1]
+            # a term lists each document once, so this fancy-indexed add never collides
+            out[indices[a:b]] += data[a:b] if w is None else data[a:b] * w[k]
+        return out
+
+
+class BM25:
+    """Okapi BM25 (bm25s's Lucene variant) over token lists: bm25s computes every (term, document) score at
+    fit time; a query's score per document is the sum over its known tokens (repeats count again)."""
+
+    def __init__(self, tokens: list[list[str]]) -> None:
+        import bm25s
+
+        r = bm25s.BM25()
+        r.index([t or [""] for t in tokens], show_progress=False)
+        if r.nonoccurrence_array is not None:  # pragma: no cover - only BM25L / BM25+ have one
+            raise ValueError("BM25 variants with a non-occurrence score are not supported")
+        sc = r.scores
+        self.vocabulary: dict[str, int] = dict(r.vocab_dict)
+        self.postings = Postings(sc["indptr"], sc["indices"], sc["data"], sc["num_docs"])
+
+    def scores(self, tokens: list[str]) -> np.ndarray:
+        vocab = self.vocabulary
+        ids = np.fromiter((j for t in tokens if (j := vocab.get(t)) is not None), np.int64)
+        return self.postings.weighted_sum(ids)
 
 
 class TermVectors:
@@ -31,23 +108,30 @@ class TermVectors:
                  max_features: int = 200_000) -> None:
         from sklearn.feature_extraction.text import TfidfVectorizer
 
+        analyzer: Callable[[Any], list[str]]
         if kind == "word":
-            vec = TfidfVectorizer(analyzer=_identity, sublinear_tf=True)
+            analyzer = _identity
         elif kind == "char":
-            vec = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True,
-                                  preprocessor=preprocessor, max_features=max_features)
+            analyzer = functools.partial(char_wb_grams, preprocessor=preprocessor)
         else:
             raise ValueError(f"unknown term vector kind {kind!r}: use 'word' or 'char'")
-        self.matrix: sparse.csr_matrix = vec.fit_transform(docs).tocsr().astype(np.float32)
-        self._analyze: Callable[[Any], list[str]] = vec.build_analyzer()
+        vec = TfidfVectorizer(analyzer=analyzer, sublinear_tf=True,
+                              max_features=max_features if kind == "char" else None)
+        # documents × terms, kept only while the index is built (the classifier is fitted on it)
+        self.matrix: Any = vec.fit_transform(docs).tocsr().astype(np.float32)
+        self._analyze = analyzer
         self.vocabulary: dict[str, int] = vec.vocabulary_
         self.idf: np.ndarray = vec.idf_.astype(np.float32)
-        # features × documents, so a query's few columns are a cheap row slice
-        self._by_term: sparse.csr_matrix = self.matrix.T.tocsr()
+        # by term, so a query's few terms are a cheap slice
+        self._by_term = Postings.by_term(self.matrix)
 
     @property
     def size(self) -> int:
         return len(self.idf)
+
+    def release_matrix(self) -> None:
+        """Drop the fitted matrix once nothing else is fitted on it (queries use the postings)."""
+        self.matrix = None
 
     def query(self, doc: Any) -> Vector:
         vocab = self.vocabulary
@@ -61,15 +145,14 @@ class TermVectors:
     def similarities(self, q: Vector) -> np.ndarray:
         """Cosine of the query with every fitted document."""
         idx, val = q
-        if not len(idx):
-            return np.zeros(self.matrix.shape[0], np.float32)
-        return np.asarray(self._by_term[idx].T @ val).ravel()
+        return self._by_term.weighted_sum(idx, val)
 
 
 class Softmax:
     """A multinomial logistic regression (scikit-learn's, L2, lbfgs) over sparse and/or dense feature blocks."""
 
     def __init__(self, blocks: Sequence[Any], labels: np.ndarray, n_classes: int, c: float) -> None:
+        from scipy import sparse
         from sklearn.linear_model import LogisticRegression
 
         x = sparse.hstack(blocks).tocsr() if any(sparse.issparse(b) for b in blocks) else np.hstack(blocks)

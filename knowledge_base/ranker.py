@@ -17,11 +17,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import bm25s
 import numpy as np
 
 from knowledge_base.analyzer import analyze, normalize
-from knowledge_base.features import EMPTY, Softmax, TermVectors, Vector
+from knowledge_base.features import BM25, EMPTY, Softmax, TermVectors, Vector
 from knowledge_base.semantic import Embedder
 
 log = logging.getLogger("loket.kb")
@@ -158,6 +157,9 @@ class LanguageIndex:
                 self.lex_clf = Softmax(blocks, self.unit_article, self.n, CLF_C)
             if self.unit_emb is not None:
                 self.emb_clf = Softmax([self.unit_emb], self.unit_article, self.n, EMB_C)
+        for v in (self.word, self.char):
+            if v is not None:
+                v.release_matrix()
         w = dict(LEXICAL_WEIGHTS if self.unit_emb is None else SEMANTIC_FEW_WEIGHTS if few else SEMANTIC_WEIGHTS)
         if weights:
             w.update(weights)
@@ -172,12 +174,8 @@ class LanguageIndex:
         self.build_seconds = time.perf_counter() - t0
 
     @staticmethod
-    def _bm25(tokens: list[list[str]]) -> bm25s.BM25 | None:
-        if not tokens or not any(tokens):
-            return None
-        r = bm25s.BM25()
-        r.index([t or [""] for t in tokens], show_progress=False)
-        return r
+    def _bm25(tokens: list[list[str]]) -> BM25 | None:
+        return BM25(tokens) if tokens and any(tokens) else None
 
     # ------------------------------------------------------------------ query
     def search(self, query: str, k: int = 5, lexical_only: bool = False) -> list[Hit]:
@@ -283,10 +281,10 @@ class LanguageIndex:
         return top[values[top] > 0] if positive else top
 
     @staticmethod
-    def _bm25_scores(index: bm25s.BM25 | None, tokens: list[str]) -> np.ndarray | None:
+    def _bm25_scores(index: BM25 | None, tokens: list[str]) -> np.ndarray | None:
         if index is None or not tokens:
             return None
-        return np.asarray(index.get_scores(tokens))
+        return index.scores(tokens)
 
     def _max_per_article(self, unit_scores: np.ndarray) -> np.ndarray:
         out = np.zeros(self.n, dtype=np.float32)

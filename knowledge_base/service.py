@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import pickle
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bot.clock import Clock
 from knowledge_base import store
 from knowledge_base.importer import ArticleInput, ParseReport, Rejected, parse_source, sources
+from knowledge_base.index_child import IndexBuildFailed, build_in_child
 from knowledge_base.ranker import Calibration, Ranker, Result
 from knowledge_base.semantic import Embedder, load_embedder
 
@@ -63,6 +66,9 @@ class KnowledgeBase:
         self._lock = asyncio.Lock()
         self.calibration = Calibration()
         self.live = True  # False in CLI processes: writes do not rebuild a local index
+        # Long-running servers fit a lexical index in a child process (scikit-learn never loads in them; see
+        # knowledge_base.index_child). LOKET_KB_BUILD=child|thread overrides; the default is set by setup().
+        self.build_in_child = (env.get("LOKET_KB_BUILD") or "").strip().lower() == "child"
 
     # ------------------------------------------------------------------ index
     def _load_embedder(self) -> Embedder | None:
@@ -80,15 +86,23 @@ class KnowledgeBase:
                     return False
                 docs = await store.published_docs(conn)
 
-            def build() -> Ranker:
-                embedder = self._load_embedder() if docs else self.embedder
+            t0 = time.perf_counter()
+            embedder = (await asyncio.to_thread(self._load_embedder)) if docs else self.embedder
+            ranker: Ranker | None = None
+            where = "here"
+            if docs and embedder is None and self.build_in_child:
+                try:
+                    ranker, where = await build_in_child(docs, self.calibration), "in a child process"
+                except (IndexBuildFailed, OSError, pickle.UnpicklingError) as exc:
+                    log.warning("building the knowledge base index in a child process failed (%s); "
+                                "building it in this process instead", exc)
+            if ranker is None:
                 langs = tuple(x.strip() for x in (self.env.get("LOKET_KB_SEMANTIC_LANGUAGES") or "en").split(","))
-                return Ranker(docs, embedder=embedder, calibration=self.calibration, semantic_languages=langs)
-
-            ranker = await asyncio.to_thread(build)
+                ranker = await asyncio.to_thread(Ranker, docs, embedder=embedder, calibration=self.calibration,
+                                                 semantic_languages=langs)
             self.ranker, self.version = ranker, version
-            log.info("knowledge base index: %d articles (%s), version %d, built in %.2fs%s", len(docs),
-                     ", ".join(ranker.languages) or "-", version, ranker.build_seconds,
+            log.info("knowledge base index: %d articles (%s), version %d, built %s in %.2fs%s", len(docs),
+                     ", ".join(ranker.languages) or "-", version, where, time.perf_counter() - t0,
                      "" if ranker.embedder else " (lexical only)")
             return True
 
