@@ -168,6 +168,8 @@ def rss(args: argparse.Namespace) -> None:
     env = {**base_env(port), "DATABASE_URL": pg_url(DB), "REDIS_URL": REDIS, "LOKET_REDIS_PREFIX": "rss:",
            "TELEGRAM_BOT_TOKEN": "1:BENCH", "TELEGRAM_WEBHOOK_SECRET": "S3cret_x",
            "TELEGRAM_API_BASE": f"http://127.0.0.1:{fake_port}"}
+    if args.kb:  # a desk has articles: the worker imports the demo's 40 and both processes index them
+        env["LOKET_KB"] = str(ROOT / "knowledge_base" / "demo")
     web = subprocess.Popen([PY, "-m", "bot.cli", "web"], env=env, cwd=ROOT)
     worker = subprocess.Popen([PY, "-m", "bot.cli", "worker"], env={**env, "LOKET_PORT": str(free_port())}, cwd=ROOT)
     import urllib.request
@@ -203,7 +205,7 @@ def rss(args: argparse.Namespace) -> None:
             p.send_signal(signal.SIGTERM)
         for p in (web, worker):
             p.wait(30)
-    report = {"conversations": args.conversations, "updates": args.updates,
+    report = {"conversations": args.conversations, "updates": args.updates, "knowledge_base": args.kb,
               "rss_mb_peak": {k: round(v, 1) for k, v in peak.items()},
               "rss_mb_first_sample": {k: round(v[0], 1) for k, v in samples.items() if v},
               "rss_mb_after_load": {k: round(v, 1) for k, v in after.items()}}
@@ -227,6 +229,8 @@ def main() -> None:
     r = sub.add_parser("rss")
     r.add_argument("--conversations", type=int, default=100_000)
     r.add_argument("--updates", type=int, default=2000)
+    r.add_argument("--no-kb", dest="kb", action="store_false",
+                   help="no knowledge base (by default the demo's 40 articles are imported and indexed)")
     args = ap.parse_args()
     if args.cmd == "serve":
         serve(args.workers)

@@ -1,9 +1,9 @@
 """Build a lexical index in a short-lived child process.
 
-Fitting the index needs scikit-learn (TF-IDF vocabularies, the classifier), which with the scipy modules it
-pulls in costs a process about 70 MB that it never gives back. Using a fitted index needs only numpy, scipy's
-sparse matrices and bm25s. So a server builds in a child (``python -m knowledge_base.index_child``: published
-articles in on stdin, the fitted ``Ranker`` out on stdout, both pickled) and keeps only the result.
+Fitting the index needs scikit-learn (TF-IDF vocabularies, the classifier), scipy's sparse matrices and bm25s,
+which together cost a process about 110 MB that it never gives back. A fitted index is plain numpy data (see
+``knowledge_base.features``). So a server builds in a child (``python -m knowledge_base.index_child``:
+published articles in on stdin, the fitted ``Ranker`` out on stdout, both pickled) and keeps only the result.
 
 The pickles travel between this process and a child it started from its own interpreter; nothing else writes
 to those pipes.

@@ -106,7 +106,8 @@ async def test_conversations_list_filter_get_and_patch(loket: LoketServer) -> No
     async with loket.rt.engine.begin() as conn:
         agent_id = (await conn.execute(agents.insert().returning(agents.c.id), {
             "email": "ani@example.com", "name": "Ani", "password_hash": "x", "role": "agent", "max_chats": 5,
-            "presence": "online", "language": "id", "active": True, "created_at": now})).scalar_one()
+            # offline: the escalation loop must not auto-assign the queued conversation before the API does
+            "presence": "offline", "language": "id", "active": True, "created_at": now})).scalar_one()
     tok = await token(loket, "conversations:read", "conversations:write")
     base = f"{loket.base_url}/api/v1/conversations"
     async with aiohttp.ClientSession(headers=bearer(tok)) as s:
