@@ -44,6 +44,19 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"loket backend: {BACKEND}; redis: {os.environ.get('REDIS_URL') or 'not set'}; CI={CI}"
 
 
+COUNTS = "counts"  # record_property(COUNTS, text): shown after the run even when the test passed (-q hides output)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    lines = [f"{report.nodeid} [{report.outcome}]\n    {value}"
+             for outcome in ("passed", "failed") for report in terminalreporter.stats.get(outcome, [])
+             if report.when == "call" for key, value in report.user_properties if key == COUNTS]
+    if lines:
+        terminalreporter.section("fault and security suite counts")
+        for line in lines:
+            terminalreporter.write_line(line)
+
+
 class DatabaseFactory:
     """Hands out fresh, migrated databases quickly (template clone / file copy)."""
 

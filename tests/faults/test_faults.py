@@ -36,7 +36,7 @@ from sqlalchemy import text
 
 from bot.components import COMPONENTS
 from storage.db import make_engine
-from tests.conftest import BACKEND
+from tests.conftest import BACKEND, COUNTS
 from tests.fakes.telegram import PARAMS, SEND_METHODS, FakeTelegram
 from tests.fakes.twilio import CREATED, FakeTwilio
 from tests.faults.chaos import Chaos
@@ -197,7 +197,8 @@ class ChaosLoop:
 
 
 @pytest.mark.timeout(1800)
-async def test_nothing_lost_under_kills_and_outages(db_url: str, tmp_path: Path) -> None:  # noqa: PLR0915
+async def test_nothing_lost_under_kills_and_outages(db_url: str, tmp_path: Path,  # noqa: PLR0915
+                                                    record_property: Any) -> None:
     pg = BACKEND == "postgresql"
     per_conv = int(_env("LOKET_FAULT_PER_CONVERSATION", 25))
     people = max(2, int(_env("LOKET_FAULT_MESSAGES", 10_000)) // per_conv)
@@ -295,6 +296,7 @@ async def test_nothing_lost_under_kills_and_outages(db_url: str, tmp_path: Path)
             "load_average": [round(x, 1) for x in os.getloadavg()],
         }
         print("\nFAULT SUITE COUNTS " + json.dumps(report))
+        record_property(COUNTS, "FAULT SUITE COUNTS " + json.dumps(report))
         if t.broken_examples or t.unexplained:
             print("order at the fakes (first copies):", t.broken_examples)
             print("unexplained duplicates:", t.unexplained[:10])

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twilio.request_validator import RequestValidator
 
-from tests.conftest import make_settings
+from tests.conftest import COUNTS, make_settings
 from tests.security.conftest import TELEGRAM_SECRET, TWILIO_SID, TWILIO_TOKEN, channel_env
 from tests.security.live import InlineLoket, ThreadedLoket
 
@@ -59,7 +59,7 @@ twilio_forms = st.dictionaries(
 )
 
 
-def test_hypothesis_webhook_bodies_never_5xx(sync_db_url: str, tmp_path: Path) -> None:
+def test_hypothesis_webhook_bodies_never_5xx(sync_db_url: str, tmp_path: Path, record_property: Any) -> None:
     cfg = make_settings(sync_db_url, tmp_path, **channel_env(PUBLIC))
     validator = RequestValidator(TWILIO_TOKEN)
     share = {"telegram": EXAMPLES - 2 * (EXAMPLES // 3), "whatsapp": EXAMPLES // 3, "status": EXAMPLES // 3}
@@ -91,14 +91,16 @@ def test_hypothesis_webhook_bodies_never_5xx(sync_db_url: str, tmp_path: Path) -
         twilio("/webhooks/twilio/whatsapp", "whatsapp")()
         twilio("/webhooks/twilio/status", "status")()
     ran = {k: sum(v.values()) for k, v in statuses.items()}
-    print(f"\nFUZZ webhook bodies: {sum(ran.values())} run {ran}; status codes "
-          f"{ {k: dict(v) for k, v in statuses.items()} }")
+    counts = (f"FUZZ webhook bodies: {sum(ran.values())} run {ran}; status codes "
+              f"{ {k: dict(v) for k, v in statuses.items()} }")
+    print("\n" + counts)
+    record_property(COUNTS, counts)
     assert ran == share, "hypothesis ran fewer bodies than asked"
     assert statuses["telegram"][200] > 0  # some bodies were real updates, stored and answered
     assert all(statuses[k][400] > 0 for k in share)  # the bodies reached the parsing (signatures were right)
 
 
-def test_schemathesis_api_no_5xx_and_schema_valid(sync_db_url: str, tmp_path: Path) -> None:
+def test_schemathesis_api_no_5xx_and_schema_valid(sync_db_url: str, tmp_path: Path, record_property: Any) -> None:
     import schemathesis
     from schemathesis.checks import not_a_server_error
     from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
@@ -138,5 +140,7 @@ def test_schemathesis_api_no_5xx_and_schema_valid(sync_db_url: str, tmp_path: Pa
 
             check()
     print(f"\nSCHEMATHESIS: {sum(ran.values())} calls over {len(ran)} operations")
+    record_property(COUNTS, f"SCHEMATHESIS: {sum(ran.values())} calls over {len(ran)} operations, "
+                            "no 5xx, every answer schema-valid")
     assert set(ran) == {op.label for op in operations}, "every documented operation was called"
     assert any("/api/v1/appointments" in label for label in ran)
