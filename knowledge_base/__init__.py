@@ -52,7 +52,7 @@ def setup(rt: Runtime) -> None:
                         log.warning("knowledge base import rejected %s: %s", r.source, r.reason)
                 except Exception:  # noqa: BLE001 - a bad import must not keep the service down
                     log.exception("knowledge base import from %s failed", source)
-        await kb.reload(force=True)
+        await kb.reload()  # builds unless the import above just did (its version is then current)
 
     rt.on_startup(startup)
     rt.add_task("kb-reload", kb.poll_forever, roles={"all", "web", "worker"})
