@@ -26,7 +26,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select, update
 
-from agent_console.sla import PRIORITIES, due_times, load_policies
+from agent_console.sla import PRIORITIES, due_times, ended, load_policies
 from bot.clock import aware
 from bot.effects import Custom, Decision, Send, Touch, UpdateConversation
 from bot.messages import Choice, Reply
@@ -207,12 +207,18 @@ async def record_breach(conn: Any, conv: dict[str, Any], now: datetime) -> tuple
 
 async def apply_close_sla(actx: ApplyContext, eff: Custom) -> None:
     """Before an episode ends (resolved, handed back): a target it ran past counts as a breach now, whether or
-    not a tick saw it first — the report must not depend on the tick's timing."""
+    not a tick saw it first — the report must not depend on the tick's timing. With ``{"end": True}`` (the
+    REST API, which knows nothing of SLA episodes) it also ends the episode, as the console's own meta does."""
     conv = dict(await actx.conversation_row())
     event = await record_breach(actx.conn, conv, actx.now)
     if event is not None:
-        actx.remember(conversation=conv)
         actx.events.append(event)
+    if eff.data.get("end"):
+        meta = {**(conv["meta"] or {}), **ended(conv["meta"], actx.now)}
+        await actx.conn.execute(update(conversations).where(conversations.c.id == conv["id"]).values(meta=meta))
+        conv["meta"] = meta
+    if event is not None or eff.data.get("end"):
+        actx.remember(conversation=conv)
 
 
 async def apply_csat(actx: ApplyContext, eff: Custom) -> None:

@@ -243,6 +243,9 @@ async def patch_conversation(request: web.Request) -> web.Response:
         raise ApiError(422, "invalid_body", "nothing to change: give state, assignee_id, priority or add_labels")
     effects: list[Any] = []
     if state is not None and state != before["state"]:
+        if state in {"resolved", "bot"} and "console.close_sla" in rt.pipeline.appliers:
+            # the agent console's SLA: a target passed counts as a breach, and the episode ends here
+            effects.append(Custom("console.close_sla", {"end": True}))
         effects.append(SetState(state, reason=reason))
     if assign:
         principal: Principal = request[PRINCIPAL]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
@@ -13,7 +13,7 @@ from sqlalchemy import select
 from bot.api.auth import hash_secret
 from bot.api.models import api_tokens
 from bot.api.web import ROUTES
-from storage.models import agents, audit_log, messages, outbox_items, touchpoints
+from storage.models import agents, audit_log, conversations, messages, outbox_items, touchpoints
 from tests.production.helpers import bearer, seed_conversation, token
 from tests.support import LoketServer
 
@@ -266,3 +266,20 @@ async def test_tokens_cli_create_list_revoke(db_url: str, tmp_path) -> None:  # 
     assert code == 0 and "revoked" in out
     code, out = await cli("revoke", "1")
     assert code == 1
+
+
+async def test_resolving_through_the_api_ends_the_sla_episode_and_counts_a_late_one(loket: LoketServer) -> None:
+    now = loket.rt.clock.now()
+    start = now - timedelta(days=2)
+    c = await seed_conversation(loket, address="v-late", state="assigned", queued_at=start,
+                                first_response_at=start + timedelta(minutes=5),
+                                first_response_due=start + timedelta(hours=1),
+                                resolution_due=start + timedelta(days=1), meta={"sla": {"start": start.isoformat()}})
+    tok = await token(loket, "conversations:write")
+    async with aiohttp.ClientSession(headers=bearer(tok)) as s, s.patch(
+            f"{loket.base_url}/api/v1/conversations/{c['conversation_id']}", json={"state": "resolved"}) as r:
+        assert r.status == 200, await r.text()
+    breaches = await loket.fetch(select(touchpoints).where(touchpoints.c.kind == "sla_breached"))
+    assert [b["conversation_id"] for b in breaches] == [c["conversation_id"]]  # a day past its target: once
+    row = (await loket.fetch(select(conversations).where(conversations.c.id == c["conversation_id"])))[0]
+    assert row["state"] == "resolved" and row["meta"]["sla"]["ended"] and not row["meta"].get("sla_breached")
