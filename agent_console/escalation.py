@@ -181,10 +181,15 @@ async def apply_first_response(actx: ApplyContext, eff: Custom) -> None:
     )
 
 
+def is_new_breach(conv: dict[str, Any], now: datetime) -> bool:
+    """Past a due time, and this episode's breach not counted yet."""
+    return sla_state(conv, now) == "breached" and not (conv["meta"] or {}).get("sla_breached")
+
+
 async def record_breach(conn: Any, conv: dict[str, Any], now: datetime) -> tuple[str, dict[str, Any]] | None:
     """Count the episode's breach once: a touchpoint and the ``sla_breached`` mark (``conv`` is updated in
     place); returns the event to publish, or None when there is no new breach."""
-    if sla_state(conv, now) != "breached" or (conv["meta"] or {}).get("sla_breached"):
+    if not is_new_breach(conv, now):
         return None
     # Looks like a new breach: read the row again under a row lock (an agent may be resolving it right now, or
     # another process's tick counting it), and decide on what is committed.
@@ -193,8 +198,7 @@ async def record_breach(conn: Any, conv: dict[str, Any], now: datetime) -> tuple
     if fresh is None:
         return None
     conv.update(fresh)
-    if conv["state"] not in OPEN_STATES or sla_state(conv, now) != "breached" or \
-            (conv["meta"] or {}).get("sla_breached"):
+    if conv["state"] not in OPEN_STATES or not is_new_breach(conv, now):
         return None
     meta = {**(conv["meta"] or {}), "sla_breached": now.isoformat()}
     await conn.execute(update(conversations).where(conversations.c.id == conv["id"]).values(meta=meta))

@@ -25,9 +25,7 @@ def setup(rt: Runtime) -> None:
     from knowledge_base.chat import apply_feedback, apply_query, apply_view, kb_answer, kb_step
     from knowledge_base.service import KnowledgeBase
 
-    kb = KnowledgeBase(rt.engine, rt.clock, rt.settings.env)
-    if not (rt.settings.env.get("LOKET_KB_BUILD") or "").strip():
-        kb.build_in_child = rt.long_running
+    kb = KnowledgeBase(rt.engine, rt.clock, rt.settings.env, long_running=rt.long_running)
     rt.services["kb"] = kb
     rt.services["kb_answer"] = kb_answer
     rt.router.add("kb", kb_step, ORDER_KB)

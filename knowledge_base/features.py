@@ -67,8 +67,6 @@ class Postings:
         return cls(t.indptr, t.indices, t.data, docs_by_terms.shape[0])
 
     def weighted_sum(self, terms: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-        if not len(terms):
-            return np.zeros(self.n_docs, np.float32)
         ptr, indices, data = self.indptr, self.indices, self.data
         out = np.zeros(self.n_docs, np.float32)
         w = weights.tolist() if weights is not None else None

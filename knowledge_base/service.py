@@ -51,7 +51,8 @@ class ImportResult:
 
 
 class KnowledgeBase:
-    def __init__(self, engine: AsyncEngine, clock: Clock, env: dict[str, str] | None = None) -> None:
+    def __init__(self, engine: AsyncEngine, clock: Clock, env: dict[str, str] | None = None, *,
+                 long_running: bool = False) -> None:
         env = env or {}
         self.engine = engine
         self.clock = clock
@@ -67,8 +68,9 @@ class KnowledgeBase:
         self.calibration = Calibration()
         self.live = True  # False in CLI processes: writes do not rebuild a local index
         # Long-running servers fit a lexical index in a child process (scikit-learn never loads in them; see
-        # knowledge_base.index_child). LOKET_KB_BUILD=child|thread overrides; the default is set by setup().
-        self.build_in_child = (env.get("LOKET_KB_BUILD") or "").strip().lower() == "child"
+        # knowledge_base.index_child); commands and tests fit in process. LOKET_KB_BUILD=child|thread overrides.
+        mode = (env.get("LOKET_KB_BUILD") or "").strip().lower()
+        self.build_in_child = mode == "child" if mode else long_running
 
     # ------------------------------------------------------------------ index
     def _load_embedder(self) -> Embedder | None:
