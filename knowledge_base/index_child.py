@@ -11,14 +11,11 @@ to those pipes.
 
 from __future__ import annotations
 
-import asyncio
 import pickle
 import sys
-from pathlib import Path
 
 from knowledge_base.ranker import Calibration, Doc, Ranker
-
-ROOT = Path(__file__).resolve().parent.parent
+from storage.child_process import run_module
 
 
 class IndexBuildFailed(RuntimeError):
@@ -27,14 +24,11 @@ class IndexBuildFailed(RuntimeError):
 
 async def build_in_child(docs: list[Doc], calibration: Calibration) -> Ranker:
     """A lexical ``Ranker`` over ``docs``, fitted in a child process."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "knowledge_base.index_child", stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=str(ROOT))
-    out, err = await proc.communicate(pickle.dumps((docs, calibration), protocol=pickle.HIGHEST_PROTOCOL))
-    if proc.returncode != 0:
-        lines = [ln for ln in err.decode(errors="replace").splitlines() if ln.strip()]
-        raise IndexBuildFailed(lines[-1] if lines else f"exit status {proc.returncode}")
-    ranker = pickle.loads(out)
+    child = await run_module("knowledge_base.index_child",
+                             pickle.dumps((docs, calibration), protocol=pickle.HIGHEST_PROTOCOL))
+    if child.returncode != 0:
+        raise IndexBuildFailed(child.last_error)
+    ranker = pickle.loads(child.output)
     if not isinstance(ranker, Ranker):
         raise IndexBuildFailed(f"the child sent a {type(ranker).__name__}, not an index")
     return ranker

@@ -74,18 +74,14 @@ async def upgrade_in_child(url: str) -> None:
     """``upgrade`` in a short-lived child process, so a long-running server never imports Alembic and its
     templates (~17 MB of a process's memory for a step that runs once). Raises ``DatabaseUnavailable`` when
     the child could not reach the database, ``SchemaUpgradeFailed`` (with the child's last line) otherwise."""
+    from storage.child_process import run_module
     from storage.db import DatabaseUnavailable
 
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "storage.schema", stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-        cwd=str(Path(__file__).resolve().parent.parent))
-    _, err = await proc.communicate(url.encode())  # on stdin: a password never shows in the process list
-    if proc.returncode == 0:
+    child = await run_module("storage.schema", url.encode(), keep_output=False)  # stdin: no password in `ps`
+    if child.returncode == 0:
         return
-    lines = [ln for ln in err.decode(errors="replace").strip().splitlines() if ln.strip()]
-    last = lines[-1] if lines else f"exit status {proc.returncode}"
-    if proc.returncode == UNAVAILABLE_EXIT:
+    last = child.last_error
+    if child.returncode == UNAVAILABLE_EXIT:
         raise DatabaseUnavailable(last)
     raise SchemaUpgradeFailed(f"migrating the database failed: {last}")
 
