@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import MetaData
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from storage.child_process import run_module
 from storage.models import Base
 
 if TYPE_CHECKING:
@@ -74,7 +75,6 @@ async def upgrade_in_child(url: str) -> None:
     """``upgrade`` in a short-lived child process, so a long-running server never imports Alembic and its
     templates (~17 MB of a process's memory for a step that runs once). Raises ``DatabaseUnavailable`` when
     the child could not reach the database, ``SchemaUpgradeFailed`` (with the child's last line) otherwise."""
-    from storage.child_process import run_module
     from storage.db import DatabaseUnavailable
 
     child = await run_module("storage.schema", url.encode(), keep_output=False)  # stdin: no password in `ps`
