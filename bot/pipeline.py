@@ -84,8 +84,16 @@ _OLDER_PENDING = (
            inbox_items.c.id.not_in(bindparam("ids", expanding=True)))
     .distinct()
 )
-_TRY_KEY_LOCKS = text(
-    "SELECT k FROM unnest(CAST(:keys AS text[])) AS k WHERE pg_try_advisory_xact_lock(hashtext(k))"
+# PostgreSQL, one round trip for a freshly stored batch: per key, whether an older item is still pending,
+# whether an unsent reply is waiting (the handoff's busy keys), and the advisory lock that lets only one
+# process route it now
+_FRESH_KEYS_PG = text(
+    "SELECT k,"
+    " EXISTS (SELECT 1 FROM inbox_items i WHERE i.key = k AND i.status = 'pending'"
+    " AND i.id <> ALL (CAST(:ids AS bigint[]))),"
+    " EXISTS (SELECT 1 FROM outbox_items o WHERE o.key = k AND o.status IN ('pending', 'sending')),"
+    " pg_try_advisory_xact_lock(hashtext(k))"
+    " FROM unnest(CAST(:keys AS text[])) AS k"
 )
 
 
@@ -335,13 +343,16 @@ class Pipeline:
         self.reopen_window = timedelta(hours=24)
         self.dispatcher: Any = None  # this process's dispatcher, when it runs one: replies are handed to it
 
-    async def handoff_for(self, conn: AsyncConnection, keys: list[str], now: Any) -> Handoff | None:
-        """A handoff for a routing batch, if this process dispatches and has room."""
+    async def handoff_for(self, conn: AsyncConnection, keys: list[str], now: Any,
+                          busy: set[str] | None = None) -> Handoff | None:
+        """A handoff for a routing batch, if this process dispatches and has room (``busy``: the keys with an
+        unsent reply, read here unless the caller already has them)."""
         d = self.dispatcher
         room = d.room() if d is not None else 0
         if room <= 0:
             return None
-        busy = {r[0] for r in (await conn.execute(_BUSY_KEYS, {"keys": keys})).all()} if keys else set()
+        if busy is None:
+            busy = {r[0] for r in (await conn.execute(_BUSY_KEYS, {"keys": keys})).all()} if keys else set()
         return Handoff(worker_id=d.worker_id, until=now + d.lease, room=room, busy=busy)
 
     # ---------------------------------------------------------------- conversations
@@ -408,6 +419,8 @@ class Pipeline:
         uow = current_uow(conn)
         if uow is not None:
             uow.expect[messages] = 2 * len(msgs)  # each message in, and usually one reply
+            if handoff is not None:  # replies claimed for this process's dispatcher need their outbox ids
+                uow.expect[outbox_items] = max(1, min(len(msgs), handoff.room))
         known = await find_identities(conn, [(m.channel, m.address) for m in msgs])
         if uow is not None:  # one sequence round trip per table for the batch's new rows (PostgreSQL)
             new = sum((m.channel, m.address) not in known for m in msgs)
@@ -780,13 +793,15 @@ class RouterWorker:
             self._safe_next = True
             return await self._process(safe=True)
 
-    async def route_items(self, conn: AsyncConnection, items: list[dict[str, Any]]) -> Routed:
+    async def route_items(self, conn: AsyncConnection, items: list[dict[str, Any]],
+                          busy: set[str] | None = None) -> Routed:
         """Route items of different conversations (``id``, ``key``, ``attempts``, ``msg``) and mark them done,
-        in one unit of work on ``conn``'s transaction. Raises if any of them fails (nothing is kept then)."""
+        in one unit of work on ``conn``'s transaction. Raises if any of them fails (nothing is kept then).
+        ``busy``: the keys with an unsent reply, when the caller has read them already."""
         now = self.pipeline.clock.now()
         per_item: list[list[tuple[str, dict[str, Any]]]] = [[] for _ in items]
         async with unit_of_work(conn):
-            handoff = await self.pipeline.handoff_for(conn, [i["key"] for i in items], now)
+            handoff = await self.pipeline.handoff_for(conn, [i["key"] for i in items], now, busy)
             await self.pipeline.handle_batch(conn, [i["msg"] for i in items], per_item, handoff)
             for item in items:
                 await update_row(conn, inbox_items, item["id"],
@@ -806,10 +821,13 @@ class RouterWorker:
             return routed
         keys = sorted({f["key"] for f in fresh})
         ids = [f["id"] for f in fresh]
-        blocked = {r[0] for r in (await conn.execute(_OLDER_PENDING, {"keys": keys, "ids": ids})).all()}
-        if not is_sqlite(conn):
-            free = {r[0] for r in (await conn.execute(_TRY_KEY_LOCKS, {"keys": keys})).all()}
-            blocked |= set(keys) - free
+        busy: set[str] | None = None
+        if is_sqlite(conn):
+            blocked = {r[0] for r in (await conn.execute(_OLDER_PENDING, {"keys": keys, "ids": ids})).all()}
+        else:
+            rows = (await conn.execute(_FRESH_KEYS_PG, {"keys": keys, "ids": ids})).all()
+            blocked = {k for k, older, _, locked in rows if older or not locked}
+            busy = {k for k, _, waiting, _ in rows if waiting}
         heads: list[dict[str, Any]] = []
         for f in fresh:
             if f["key"] in blocked:
@@ -818,7 +836,7 @@ class RouterWorker:
             blocked.add(f["key"])  # a later message of this conversation in the batch waits for the claim loop
             heads.append(f)
         if heads:
-            done = await self.route_items(conn, heads)
+            done = await self.route_items(conn, heads, busy)
             done.left_pending = routed.left_pending
             return done
         return routed

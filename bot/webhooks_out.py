@@ -125,8 +125,15 @@ class WebhookSender:
     async def _on_event(self, name: str, payload: dict[str, Any]) -> None:
         if name == "webhooks.changed":
             self.invalidate()
-        elif public_event(name):
+        elif (event := public_event(name)) and self._may_be_subscribed(event):
             self.nudge()
+
+    def _may_be_subscribed(self, event: str) -> bool:
+        """False only when the fresh subscription cache says nobody wants ``event`` (then there is nothing to
+        deliver from this process; rows another process stored are found by the next poll)."""
+        if time.monotonic() - self._subs_at > self.cache_ttl:
+            return True
+        return any(event in events for _, events in self._subs)
 
     async def claim(self, limit: int) -> list[dict[str, Any]]:
         now = self.rt.clock.now()

@@ -193,20 +193,34 @@ class UnitOfWork:
             return nxt
         block = root._ids.get(table)
         if not block:
-            size = max(1, min(_PG_ID_BLOCK, root.expect.pop(table, 1)))
+            # one round trip for this table and every other table this transaction said it will need
+            wanted = {table: root.expect.pop(table, 1)}
+            for other in [t for t, n in root.expect.items() if n > 0 and not root._ids.get(t)]:
+                wanted[other] = root.expect.pop(other)
+            await root._fetch_ids(conn, wanted)
+            block = root._ids[table]
+        return block.pop()
+
+    async def _fetch_ids(self, conn: AsyncConnection, wanted: dict[Table, int]) -> None:
+        """Blocks of sequence values for several tables in one statement (PostgreSQL)."""
+        parts: list[str] = []
+        params: dict[str, Any] = {}
+        tables = list(wanted)
+        for i, table in enumerate(tables):
             seq = _pg_sequences.get(table.name)
             if seq is None:
                 seq = (await conn.execute(
                     text("SELECT pg_get_serial_sequence(:t, 'id')"), {"t": table.name}
                 )).scalar_one()
                 _pg_sequences[table.name] = seq
-            block = [r[0] for r in (await conn.execute(
-                text("SELECT nextval(CAST(:s AS regclass)) FROM generate_series(1, :n)"),
-                {"s": seq, "n": size},
-            )).all()]
-            block.reverse()
-            root._ids[table] = block
-        return block.pop()
+            parts.append(f"SELECT {i} AS t, nextval(CAST(:s{i} AS regclass)) FROM generate_series(1, :n{i})")
+            params[f"s{i}"], params[f"n{i}"] = seq, max(1, min(_PG_ID_BLOCK, wanted[table]))
+        blocks: dict[int, list[int]] = {i: [] for i in range(len(tables))}
+        for t, value in (await conn.execute(text(" UNION ALL ".join(parts)), params)).all():
+            blocks[t].append(value)
+        for i, table in enumerate(tables):
+            blocks[i].sort(reverse=True)  # handed out in ascending order by pop()
+            self._ids[table] = blocks[i]
 
     def forget_sqlite_ids(self) -> None:
         """Another statement may have inserted rows: read the maxima again before handing out ids."""

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import fields
 from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import func, insert, select
+from sqlalchemy import event, func, insert, select
 
 from bot.messages import Attachment, InboundMessage
 from storage.db import make_engine
@@ -14,6 +15,7 @@ from storage.models import conversations, customers, identities, messages, touch
 from storage.repositories import add_touchpoint
 from storage.unit_of_work import current, unit_of_work, update_row
 from storage.unit_of_work import insert as uow_insert
+from tests.support import LoketServer, wait_for
 
 NOW = datetime(2026, 12, 1, 9, 30, 15, 123456, tzinfo=UTC)
 
@@ -136,6 +138,40 @@ async def test_rows_of_several_tables_go_out_in_foreign_key_order(db_url: str) -
         await engine.dispose()
 
 
+async def test_ids_of_every_table_a_batch_expects_come_in_one_round_trip(db_url: str) -> None:
+    engine = make_engine(db_url)
+    statements: list[str] = []
+    event.listen(engine.sync_engine, "before_cursor_execute",
+                 lambda conn, cur, stmt, *a: statements.append(stmt))
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(insert(customers).values(**customer_row("before")))  # ids must not collide
+            async with unit_of_work(conn) as uow:
+                uow.expect[customers] = 3
+                uow.expect[identities] = 2
+                uow.expect[messages] = 0  # said, but not needed: no ids fetched for it
+                statements.clear()
+                cids = [await uow_insert(conn, customers, customer_row(f"c{i}"), want_id=True) for i in range(3)]
+                iids = [await uow_insert(conn, identities, {
+                    "customer_id": cids[i], "channel": "telegram", "address": str(i), "display_name": None,
+                    "verified": True, "unreachable": False, "unreachable_reason": None, "last_inbound_at": None,
+                    "meta": {}, "created_at": NOW}, want_id=True) for i in range(2)]
+                id_statements = len(statements)
+            rows = {r[0]: r[1] for r in await conn.execute(select(customers.c.display_name, customers.c.id))}
+            linked = sorted(r[0] for r in await conn.execute(select(identities.c.customer_id)))
+        # PostgreSQL: one statement for both tables' sequences; SQLite: one max(id) read per table
+        assert id_statements == (1 if engine.dialect.name == "postgresql" else 2)
+        assert cids == sorted(cids) and len(set(cids)) == 3 and rows["before"] not in cids
+        assert [rows[f"c{i}"] for i in range(3)] == cids
+        assert iids == sorted(iids) and len(set(iids)) == 2 and linked == sorted(cids[:2])
+        # after the block's ids are used up, the next one still comes from the sequence (no collision)
+        async with engine.begin() as conn, unit_of_work(conn):
+            more = await uow_insert(conn, customers, customer_row("later"), want_id=True)
+        assert more is not None and more > max(c for c in cids if c is not None)
+    finally:
+        await engine.dispose()
+
+
 def test_inbound_payload_round_trips_every_field() -> None:
     msg = InboundMessage(channel="telegram", address="7", provider_message_id="m:7:1", text="halo",
                          button_payload="agent", display_name="Budi", language_hint="id",
@@ -144,3 +180,27 @@ def test_inbound_payload_round_trips_every_field() -> None:
     payload = msg.to_payload()
     assert set(payload) == {f.name for f in fields(InboundMessage)}
     assert InboundMessage.from_payload(payload) == msg
+
+
+async def test_a_stored_and_routed_batch_fetches_its_ids_once_not_per_message(loket: LoketServer) -> None:
+    """``loket run`` routes a batch as it is stored; the replies' outbox ids (claimed for this process's
+    dispatcher) come with the messages' ids, not one sequence round trip (and one flush) per reply."""
+    statements: list[str] = []
+    event.listen(loket.rt.engine.sync_engine, "before_cursor_execute",
+                 lambda conn, cur, stmt, *a: statements.append(stmt))
+    n = 30
+    msgs = [InboundMessage(channel="webchat", address=f"visitor-{i}", provider_message_id=f"uow-{i}", text="halo")
+            for i in range(n)]
+    assert all(await asyncio.gather(*(loket.rt.inbox.submit(m) for m in msgs)))
+
+    async def answered() -> bool:
+        out = await loket.scalar(select(func.count()).select_from(messages).where(messages.c.direction == "out"))
+        return int(out) >= n
+
+    await wait_for(answered)
+    batches = sum(s.lstrip().upper().startswith("INSERT INTO INBOX_ITEMS") for s in statements)
+    id_fetches = sum("nextval" in s for s in statements)
+    assert batches >= 1
+    if loket.rt.engine.dialect.name == "postgresql":
+        # at most two per batch: the new customers/identities/messages/replies, then the new conversations
+        assert id_fetches <= 2 * batches, (id_fetches, batches)
