@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, exists, func, select, text, update
+from sqlalchemy import BigInteger, Text, all_, and_, bindparam, exists, func, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bot.clock import Clock, aware
@@ -77,23 +78,35 @@ _CLAIM_SQLITE = (
     .limit(bindparam("n"))
 )
 _CLAIM_PG = _CLAIM_SQLITE.with_for_update(skip_locked=True, of=inbox_items)
-# keys of freshly stored items with an older item still pending (those wait for the claim loop)
+# The two conditions a freshly stored message is checked against, written once for both databases:
+# an older item of its key still pending (not one of the batch just stored), and an unsent reply of its key.
+# ``key``: the key expression to correlate with, or None in a query over the table's own keys.
+def _older_pending(not_in_batch: Any, key: Any = None) -> Any:
+    cond = and_(inbox_items.c.status == "pending", not_in_batch)
+    return cond if key is None else and_(inbox_items.c.key == key, cond)
+
+
+def _unsent_reply(key: Any = None) -> Any:
+    cond = outbox_items.c.status.in_(("pending", "sending"))
+    return cond if key is None else and_(outbox_items.c.key == key, cond)
+
+
+# SQLite: the keys of freshly stored items with an older item still pending (those wait for the claim loop)
 _OLDER_PENDING = (
     select(inbox_items.c.key)
-    .where(inbox_items.c.key.in_(bindparam("keys", expanding=True)), inbox_items.c.status == "pending",
-           inbox_items.c.id.not_in(bindparam("ids", expanding=True)))
+    .where(_older_pending(inbox_items.c.id.not_in(bindparam("ids", expanding=True))),
+           inbox_items.c.key.in_(bindparam("keys", expanding=True)))
     .distinct()
 )
 # PostgreSQL, one round trip for a freshly stored batch: per key, whether an older item is still pending,
 # whether an unsent reply is waiting (the handoff's busy keys), and the advisory lock that lets only one
-# process route it now
-_FRESH_KEYS_PG = text(
-    "SELECT k,"
-    " EXISTS (SELECT 1 FROM inbox_items i WHERE i.key = k AND i.status = 'pending'"
-    " AND i.id <> ALL (CAST(:ids AS bigint[]))),"
-    " EXISTS (SELECT 1 FROM outbox_items o WHERE o.key = k AND o.status IN ('pending', 'sending')),"
-    " pg_try_advisory_xact_lock(hashtext(k))"
-    " FROM unnest(CAST(:keys AS text[])) AS k"
+# process route it now. Arrays keep the statement text the same whatever the batch size (one prepared plan).
+_FRESH_KEY = func.unnest(bindparam("keys", type_=ARRAY(Text))).column_valued("k")
+_FRESH_KEYS_PG = select(
+    _FRESH_KEY,
+    exists().where(_older_pending(inbox_items.c.id != all_(bindparam("ids", type_=ARRAY(BigInteger))), _FRESH_KEY)),
+    exists().where(_unsent_reply(_FRESH_KEY)),
+    func.pg_try_advisory_xact_lock(func.hashtext(_FRESH_KEY)),
 )
 
 
@@ -299,8 +312,7 @@ class ApplyContext:
 _UNKNOWN: Any = object()  # "the caller did not look the conversation up"
 _BUSY_KEYS = (
     select(outbox_items.c.key)
-    .where(outbox_items.c.key.in_(bindparam("keys", expanding=True)),
-           outbox_items.c.status.in_(("pending", "sending")))
+    .where(_unsent_reply(), outbox_items.c.key.in_(bindparam("keys", expanding=True)))
     .distinct()
 )
 
