@@ -6,11 +6,20 @@ microseconds, so Loket runs them inline and sends to a thread only what can wait
 another process holds the write lock (it is tried inline first, with a zero busy timeout; only if that fails
 does it wait, up to ``busy_timeout``, in a thread) and ``COMMIT`` (fsync). SQLAlchemy's own aiosqlite
 dialect drives this shim unchanged (``create_async_engine(..., module=dbapi())``).
+
+The shim also keeps the next row id of each table this connection has allocated ids for
+(``Connection.next_ids``, used by ``storage/unit_of_work.py``), so a transaction does not read every table's
+maximum id again. It stays right because every way a row can get an id is watched: an ``INSERT`` through the
+shim forgets its table (the database chose the id), any other statement that may create rows (DDL, ``WITH``)
+forgets all, and a commit by another connection or process, which SQLite reports through ``PRAGMA
+data_version`` at the next ``BEGIN``, forgets all. A rolled-back transaction leaves ids that are only too
+high, which leaves a gap and never a collision.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import sqlite3
 import threading
 import types
@@ -26,6 +35,23 @@ def _is_begin(sql: str) -> bool:
 
 def _may_block(sql: str) -> bool:
     return sql.lstrip()[:24].upper().startswith(_BLOCKING_PREFIXES)
+
+
+# statements that never give a row a new id
+_NO_NEW_ROWS = ("SELECT", "UPDATE", "DELETE", "PRAGMA", "BEGIN", "COMMIT", "END", "ROLLBACK", "SAVEPOINT",
+                "RELEASE")
+_INSERT_INTO = re.compile(r'\s*(?:INSERT|REPLACE)\s+(?:OR\s+\w+\s+)?INTO\s+(?:"([^"]+)"|(\w+))\s*[(\s]', re.I)
+
+
+def _forget_ids(ids: dict[str, int], sql: str) -> None:
+    """Drop what a statement may invalidate in a connection's cached next ids."""
+    if not ids or sql.lstrip()[:9].upper().startswith(_NO_NEW_ROWS):
+        return
+    m = _INSERT_INTO.match(sql)
+    if m is None:
+        ids.clear()  # DDL, WITH … INSERT, anything not recognised: forget every table
+    else:
+        ids.pop(m.group(1) or m.group(2), None)
 
 
 class _Requests:
@@ -52,12 +78,17 @@ class Cursor:
         await self.close()
 
     async def execute(self, sql: str, parameters: Any = ()) -> Cursor:
-        if _is_begin(sql) and self._begin_inline(sql, parameters):
+        owner = self._owner
+        if _is_begin(sql):
+            if not self._begin_inline(sql, parameters):
+                await owner._threaded(self._cursor.execute, sql, parameters)
+            owner.check_data_version()
             return self
+        _forget_ids(owner.next_ids, sql)
         if _may_block(sql):
-            await self._owner._threaded(self._cursor.execute, sql, parameters)
+            await owner._threaded(self._cursor.execute, sql, parameters)
         else:
-            with self._owner._lock:
+            with owner._lock:
                 self._cursor.execute(sql, parameters)
         return self
 
@@ -77,6 +108,7 @@ class Cursor:
                 self._cursor.execute(f"PRAGMA busy_timeout={self._owner.busy_timeout_ms}")
 
     async def executemany(self, sql: str, seq_of_parameters: Iterable[Any]) -> Cursor:
+        _forget_ids(self._owner.next_ids, sql)
         with self._owner._lock:
             self._cursor.executemany(sql, seq_of_parameters)
         return self
@@ -136,6 +168,8 @@ class Connection:
         # One user of the sqlite3 connection at a time: a thread still committing after its awaiting task was
         # cancelled must finish before the loop thread rolls back or closes the same connection.
         self._lock = threading.Lock()
+        self.next_ids: dict[str, int] = {}  # table name → the next id this connection may hand out
+        self._data_version: int | None = None
 
     async def _threaded(self, fn: Any, *args: Any) -> Any:
         def locked() -> Any:
@@ -143,6 +177,15 @@ class Connection:
                 return fn(*args)
 
         return await asyncio.to_thread(locked)
+
+    def check_data_version(self) -> None:
+        """At BEGIN (the write lock held): if another connection committed since, the cached ids may be taken."""
+        assert self._conn is not None
+        with self._lock:
+            version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._data_version:
+            self.next_ids.clear()
+            self._data_version = version
 
     def __await__(self) -> Any:
         async def _open() -> Connection:

@@ -84,6 +84,15 @@ def _sqlite_driver(conn: Connection) -> tuple[Any, Any] | None:
     return (raw, shim._lock) if isinstance(raw, sqlite3.Connection) else None  # type: ignore[union-attr]
 
 
+def _sqlite_ids(conn: Connection) -> tuple[dict[str, int], bool]:
+    """The next-id cache of Loket's SQLite driver connection (it outlives transactions and forgets what other
+    statements and connections may have taken) and True, or a fresh one for this transaction under another
+    driver and False."""
+    shim = getattr(conn.connection.dbapi_connection, "_connection", None)
+    ids = getattr(shim, "next_ids", None)
+    return (ids, True) if isinstance(ids, dict) else ({}, False)
+
+
 def _converter(table: Table, column: str, dialect: str) -> Any:
     """How a Python value of this column goes to the driver, as SQLAlchemy would send it."""
     from storage.db import json_dumps
@@ -154,7 +163,8 @@ class UnitOfWork:
         self.other_writes = 0  # statements that wrote outside this unit of work (rows read before may be stale)
         # id allocation: PostgreSQL sequence values fetched in blocks; SQLite next rowid per table
         self._ids: dict[Table, list[int]] = {}
-        self._sqlite_next: dict[Table, int] = {}
+        self._sqlite_next: dict[str, int] | None = None  # table name → next id (the connection's, see _sqlite_ids)
+        self._shared_ids = False
         self.expect: dict[Table, int] = {}  # how many ids of a table this transaction will likely need
 
     # ------------------------------------------------------------------ recording
@@ -185,11 +195,15 @@ class UnitOfWork:
     async def next_id(self, conn: AsyncConnection, table: Table) -> int:
         root = self._root()  # one allocator per transaction, shared by nested units
         if root.dialect == "sqlite":
-            nxt = root._sqlite_next.get(table)
+            ids = root._sqlite_next
+            if ids is None:
+                ids, root._shared_ids = _sqlite_ids(conn.sync_connection)  # type: ignore[arg-type]
+                root._sqlite_next = ids
+            nxt = ids.get(table.name)
             if nxt is None:  # (the read flushes what is pending first, so the maximum includes it)
                 current = (await conn.execute(select(table.c.id).order_by(table.c.id.desc()).limit(1))).scalar()
                 nxt = int(current or 0) + 1
-            root._sqlite_next[table] = nxt + 1
+            ids[table.name] = nxt + 1
             return nxt
         block = root._ids.get(table)
         if not block:
@@ -223,8 +237,11 @@ class UnitOfWork:
             self._ids[table] = blocks[i]
 
     def forget_sqlite_ids(self) -> None:
-        """Another statement may have inserted rows: read the maxima again before handing out ids."""
-        self._root()._sqlite_next.clear()
+        """Another statement may have inserted rows: read the maxima again before handing out ids (only
+        without Loket's SQLite driver, which watches every statement itself)."""
+        root = self._root()
+        if root._sqlite_next is not None and not root._shared_ids:
+            root._sqlite_next.clear()
 
     # ------------------------------------------------------------------ flushing
     def flush_sync(self, conn: Connection) -> None:
@@ -248,7 +265,9 @@ class UnitOfWork:
                     sql, convert = _plan(table, "insert", tuple(run[0]), self.dialect)
                     run_sql(sql, [convert(r) for r in run])
                     if self.dialect == "sqlite" and "id" not in run[0]:
-                        self._root()._sqlite_next.pop(table, None)  # SQLite numbered these rows itself
+                        ids = self._root()._sqlite_next
+                        if ids is not None:
+                            ids.pop(table.name, None)  # SQLite numbered these rows itself
             grouped: dict[tuple[Table, tuple[str, ...]], list[dict[str, Any]]] = {}
             # primary-key order: two transactions updating the same rows take their locks in the same order
             for (table, pk), values in sorted(updates.items(), key=lambda kv: (_order(kv[0][0]), kv[0][1])):

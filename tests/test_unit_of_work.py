@@ -172,6 +172,49 @@ async def test_ids_of_every_table_a_batch_expects_come_in_one_round_trip(db_url:
         await engine.dispose()
 
 
+async def test_ids_handed_out_across_transactions_never_collide_with_other_writers(db_url: str) -> None:
+    """On SQLite the driver connection keeps each table's next id between transactions; every other way a row
+    can get an id (another connection or process, a plain insert, a rolled-back transaction) must not collide."""
+    engine, other = make_engine(db_url), make_engine(db_url)
+    id_reads: list[str] = []
+    event.listen(engine.sync_engine, "before_cursor_execute",
+                 lambda conn, cur, stmt, *a: id_reads.append(stmt) if "ORDER BY customers.id DESC" in stmt else None)
+
+    async def add(name: str) -> int:
+        async with engine.begin() as conn, unit_of_work(conn):
+            cid = await uow_insert(conn, customers, customer_row(name), want_id=True)
+        assert cid is not None
+        return cid
+
+    try:
+        first = await add("first")
+        id_reads.clear()
+        second = await add("second")
+        # SQLite: the next id came from the connection's cache, no maximum read again
+        assert not id_reads and second > first
+        async with other.begin() as conn:  # another connection commits a row with an id the database chose
+            await conn.execute(insert(customers).values(**customer_row("elsewhere")))
+        third = await add("third")
+        async with engine.begin() as conn:  # the same connection, a plain insert outside any unit of work
+            await conn.execute(insert(customers).values(**customer_row("plain")))
+        fourth = await add("fourth")
+        with pytest.raises(RuntimeError):
+            async with engine.begin() as conn, unit_of_work(conn):
+                await uow_insert(conn, customers, customer_row("rolled back"), want_id=True)
+                await conn.execute(select(customers.c.id))  # written, then the transaction fails
+                raise RuntimeError("fail the transaction")
+        fifth = await add("fifth")
+        async with engine.connect() as conn:
+            rows = {r[0]: r[1] for r in await conn.execute(select(customers.c.display_name, customers.c.id))}
+        assert sorted(rows) == ["elsewhere", "fifth", "first", "fourth", "plain", "second", "third"]
+        assert len(set(rows.values())) == 7
+        assert [rows[n] for n in ("first", "second", "third", "fourth", "fifth")] == [
+            first, second, third, fourth, fifth]
+    finally:
+        await engine.dispose()
+        await other.dispose()
+
+
 def test_inbound_payload_round_trips_every_field() -> None:
     msg = InboundMessage(channel="telegram", address="7", provider_message_id="m:7:1", text="halo",
                          button_payload="agent", display_name="Budi", language_hint="id",
