@@ -3,8 +3,9 @@
 Routing a batch of messages writes the same few kinds of rows for every message (the inbound and outbound
 messages, outbox rows, touchpoints, conversation and customer updates). Sent one by one that is ~10
 statements per message, and the statements, not the database, were the cost. Inside ``unit_of_work(conn)``
-the hot-path writers (``insert``, ``update``, ``add_touchpoint``) only record rows; the rows go out in
-table order (foreign keys first) when the block ends, as ``executemany`` batches.
+the hot-path writers (``insert``, ``update``, ``add_touchpoint``) only record rows; the rows go out when the
+block ends: on SQLite as one ``executemany`` per table and shape in table order (foreign keys first), on
+PostgreSQL as one statement for the whole flush (``_pg_plan``: one round trip instead of one per table).
 
 Nothing changes for code that reads: **any other statement on the connection flushes the pending writes
 first** (an ``before_execute`` hook, like an ORM's autoflush), so a read inside the transaction always sees
@@ -38,6 +39,7 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import Select, TextClause
@@ -134,6 +136,41 @@ def _plan(table: Table, kind: str, columns: tuple[str, ...], dialect: str) -> tu
         def convert(row: dict[str, Any]) -> tuple[Any, ...]:
             return tuple([row[c] if f is None else f(row[c]) for c, f in convs])
     plan = _plans[key] = (sql, convert)
+    return plan
+
+
+_pg_plans: dict[tuple[tuple[Table, str, tuple[str, ...]], ...], tuple[str, list[Any]]] = {}
+
+
+def _pg_array_type(table: Table, column: str) -> str:
+    return f"{table.c[column].type.compile(dialect=postgresql.dialect())}[]"
+
+
+def _pg_plan(steps: tuple[tuple[Table, str, tuple[str, ...]], ...]) -> tuple[str, list[Any]]:
+    """PostgreSQL: every insert and update of a flush as one statement (one round trip), and each step's
+    row → parameter tuple. Each step is a data-modifying ``WITH`` part fed by ``unnest`` of one array per
+    column, so the statement text depends on the shapes only, never on the number of rows (one prepared
+    statement per shape). Foreign keys are checked at the end of the statement, so the parts' order is free.
+    """
+    plan = _pg_plans.get(steps)
+    if plan is not None:
+        return plan
+    parts: list[str] = []
+    converts: list[Any] = []
+    n = 0
+    for i, (table, kind, cols) in enumerate(steps):
+        order = cols if kind == "insert" else (*cols, "id")  # the order of ``_plan``'s row tuples
+        arrays = ", ".join(f"${n + j + 1}::{_pg_array_type(table, c)}" for j, c in enumerate(order))
+        n += len(order)
+        quoted = [f'"{c}"' for c in order]
+        if kind == "insert":
+            parts.append(f'w{i} AS (INSERT INTO "{table.name}" ({", ".join(quoted)}) SELECT * FROM unnest({arrays}))')
+        else:
+            sets = ", ".join(f"{q} = v.{q}" for q in quoted[:-1])
+            parts.append(f'w{i} AS (UPDATE "{table.name}" SET {sets} FROM unnest({arrays}) AS v({", ".join(quoted)})'
+                         f' WHERE "{table.name}"."id" = v."id")')
+        converts.append(_plan(table, kind, cols, "postgresql")[1])
+    plan = _pg_plans[steps] = (f"WITH {', '.join(parts)} SELECT 1", converts)
     return plan
 
 
@@ -248,35 +285,45 @@ class UnitOfWork:
         if not self.pending or self.flushing:
             return
         self.flushing = True
-        driver = _sqlite_driver(conn) if self.dialect == "sqlite" else None
-
-        def run_sql(sql: str, rows: list[tuple[Any, ...]]) -> None:
-            if driver is None:
-                conn.exec_driver_sql(sql, rows)
-            else:  # straight into sqlite3: its executemany is the whole cost
-                with driver[1]:
-                    driver[0].executemany(sql, rows)
-
         try:
             inserts, updates = self.inserts, self.updates
             self.inserts, self.updates, self.inserted = {}, {}, {}
+            steps: list[tuple[Table, str, tuple[str, ...], list[dict[str, Any]]]] = []
             for table in sorted(inserts, key=_order):
                 for run in _runs(inserts[table]):
-                    sql, convert = _plan(table, "insert", tuple(run[0]), self.dialect)
-                    run_sql(sql, [convert(r) for r in run])
-                    if self.dialect == "sqlite" and "id" not in run[0]:
-                        ids = self._root()._sqlite_next
-                        if ids is not None:
-                            ids.pop(table.name, None)  # SQLite numbered these rows itself
+                    steps.append((table, "insert", tuple(run[0]), run))
             grouped: dict[tuple[Table, tuple[str, ...]], list[dict[str, Any]]] = {}
             # primary-key order: two transactions updating the same rows take their locks in the same order
             for (table, pk), values in sorted(updates.items(), key=lambda kv: (_order(kv[0][0]), kv[0][1])):
                 grouped.setdefault((table, tuple(sorted(values))), []).append({**values, "id": pk})
-            for (table, cols), rows in grouped.items():
-                sql, convert = _plan(table, "update", cols, self.dialect)
-                run_sql(sql, [convert(r) for r in rows])
+            steps.extend((table, "update", cols, rows) for (table, cols), rows in grouped.items())
+            if self.dialect == "sqlite":
+                self._flush_sqlite(conn, steps)
+            elif steps:
+                sql, converts = _pg_plan(tuple((table, kind, cols) for table, kind, cols, _ in steps))
+                params: list[list[Any]] = []
+                for (_, _, _, rows), convert in zip(steps, converts, strict=True):
+                    params.extend(list(column) for column in zip(*[convert(r) for r in rows], strict=True))
+                conn.exec_driver_sql(sql, tuple(params))
         finally:
             self.flushing = False
+
+    def _flush_sqlite(self, conn: Connection, steps: list[tuple[Table, str, tuple[str, ...], list[dict[str, Any]]]]
+                      ) -> None:
+        """One ``executemany`` per step, straight into sqlite3 when Loket's driver is under it."""
+        driver = _sqlite_driver(conn)
+        for table, kind, cols, rows in steps:
+            sql, convert = _plan(table, kind, cols, "sqlite")
+            params = [convert(r) for r in rows]
+            if driver is None:
+                conn.exec_driver_sql(sql, params)
+            else:  # its executemany is the whole cost
+                with driver[1]:
+                    driver[0].executemany(sql, params)
+            if kind == "insert" and "id" not in cols:
+                ids = self._root()._sqlite_next
+                if ids is not None:
+                    ids.pop(table.name, None)  # SQLite numbered these rows itself
 
     async def flush(self, conn: AsyncConnection) -> None:
         if self.pending:

@@ -138,6 +138,43 @@ async def test_rows_of_several_tables_go_out_in_foreign_key_order(db_url: str) -
         await engine.dispose()
 
 
+async def test_a_flush_is_one_statement_on_postgresql_and_writes_every_value_as_sqlalchemy_would(db_url: str) -> None:
+    """PostgreSQL: inserts of several tables and updates go out as one statement (arrays per column), whatever
+    the number of rows; the values (JSON, NULL, timestamps, booleans) read back as written."""
+    engine = make_engine(db_url)
+    sent: list[str] = []
+    event.listen(engine.sync_engine, "before_cursor_execute", lambda conn, cur, stmt, *a: sent.append(stmt))
+    try:
+        async with engine.begin() as conn:
+            cid = await uow_insert(conn, customers, customer_row("Ani"), want_id=True)
+            statements: list[str] = []
+            for rows in (1, 5):
+                async with unit_of_work(conn) as uow:
+                    await update_row(conn, customers, cid, {"display_name": f"Ani {rows}", "opted_out": True,
+                                                            "attributes": {"rows": rows, "none": None}})
+                    for i in range(rows):
+                        await add_touchpoint(conn, customer_id=cid, kind="note", now=NOW,
+                                             payload={"i": i, "text": "tanpa 'kutip' \"ganda\""})
+                    await add_touchpoint(conn, customer_id=cid, kind="note", now=NOW, payload=None)
+                    sent.clear()
+                    await uow.flush(conn)
+                    statements.extend(sent)
+
+                got = (await conn.execute(select(customers.c.display_name, customers.c.opted_out,
+                                                 customers.c.attributes).where(customers.c.id == cid))).one()
+                assert tuple(got) == (f"Ani {rows}", True, {"rows": rows, "none": None})
+            if engine.dialect.name == "postgresql":  # one statement per flush, the same text for 1 and 5 rows
+                assert len(statements) == 2 and statements[0] == statements[1] and statements[0].startswith("WITH ")
+            notes = (await conn.execute(select(touchpoints.c.payload, touchpoints.c.conversation_id)
+                                        .where(touchpoints.c.kind == "note").order_by(touchpoints.c.id))).all()
+            assert [n[0] for n in notes[:2]] == [{"i": 0, "text": "tanpa 'kutip' \"ganda\""}, {}] and len(notes) == 8
+            assert {n[1] for n in notes} == {None}
+            stamps = {r[0].replace(tzinfo=UTC) for r in await conn.execute(select(touchpoints.c.created_at))}
+            assert stamps == {NOW}
+    finally:
+        await engine.dispose()
+
+
 async def test_ids_of_every_table_a_batch_expects_come_in_one_round_trip(db_url: str) -> None:
     engine = make_engine(db_url)
     statements: list[str] = []
