@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import BigInteger, Text, all_, and_, bindparam, exists, func, select, update
+from sqlalchemy import and_, bindparam, exists, func, select, true, update
 from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bot.clock import Clock, aware
@@ -98,15 +99,27 @@ _OLDER_PENDING = (
            inbox_items.c.key.in_(bindparam("keys", expanding=True)))
     .distinct()
 )
-# PostgreSQL, one round trip for a freshly stored batch: per key, whether an older item is still pending,
-# whether an unsent reply is waiting (the handoff's busy keys), and the advisory lock that lets only one
-# process route it now. Arrays keep the statement text the same whatever the batch size (one prepared plan).
-_FRESH_KEY = func.unnest(bindparam("keys", type_=ARRAY(Text))).column_valued("k")
-_FRESH_KEYS_PG = select(
-    _FRESH_KEY,
-    exists().where(_older_pending(inbox_items.c.id != all_(bindparam("ids", type_=ARRAY(BigInteger))), _FRESH_KEY)),
-    exists().where(_unsent_reply(_FRESH_KEY)),
-    func.pg_try_advisory_xact_lock(func.hashtext(_FRESH_KEY)),
+# PostgreSQL, one round trip to store a batch and check it: the rows go in from one array per column
+# (duplicates of an earlier delivery skipped), and for each new row: whether an older item of its key is still
+# pending, whether an unsent reply of its key is waiting (the handoff's busy keys), and the advisory lock that
+# lets only one process route the key now. The checks read the statement's snapshot, which does not hold the
+# rows it inserts: "older" means stored before this batch. The text is the same whatever the batch size.
+_INBOX_COLUMNS = ("channel", "provider_message_id", "key", "payload", "status", "attempts", "last_error",
+                  "received_at", "processed_at")
+_STORED = (
+    pg_insert(inbox_items)
+    .from_select(list(_INBOX_COLUMNS), select(func.unnest(*[
+        bindparam(c, type_=ARRAY(inbox_items.c[c].type)) for c in _INBOX_COLUMNS
+    ]).table_valued(*_INBOX_COLUMNS).render_derived()))
+    .on_conflict_do_nothing()
+    .returning(inbox_items.c.id, inbox_items.c.channel, inbox_items.c.provider_message_id, inbox_items.c.key)
+    .cte("stored")
+)
+_STORE_AND_CHECK_PG = select(
+    _STORED.c.id, _STORED.c.channel, _STORED.c.provider_message_id, _STORED.c.key,
+    exists().where(_older_pending(true(), _STORED.c.key)),
+    exists().where(_unsent_reply(_STORED.c.key)),
+    func.pg_try_advisory_xact_lock(func.hashtext(_STORED.c.key)),
 )
 
 
@@ -221,6 +234,8 @@ class InboxWriter:
         """Insert the rows (duplicates ignored) → ids of the new ones; with ``batch``, route them too."""
         routed: Routed | None = None
         async with self.engine.begin() as conn:
+            if batch is not None and self.router is not None and not is_sqlite(conn):
+                return await self._store_and_route_pg(conn, rows, batch, self.router)
             if self._insert is None:
                 self._insert = insert_ignore(conn, inbox_items).returning(
                     inbox_items.c.id, inbox_items.c.channel, inbox_items.c.provider_message_id
@@ -236,6 +251,26 @@ class InboxWriter:
                         fresh.append({"id": stored[ident], "key": msg.key, "attempts": 0, "msg": msg})
                 routed = await self.router.route_fresh(conn, fresh)
                 fault("before_route_commit")
+        return stored, routed
+
+    async def _store_and_route_pg(self, conn: AsyncConnection, rows: list[dict[str, Any]],
+                                  batch: list[InboundMessage], router: RouterWorker
+                                  ) -> tuple[dict[tuple[str, str], int], Routed]:
+        """PostgreSQL: store and check the batch in one statement (``_STORE_AND_CHECK_PG``), then route it."""
+        params = {c: [r[c] for r in rows] for c in _INBOX_COLUMNS}
+        stored: dict[tuple[str, str], int] = {}
+        checks: dict[str, tuple[bool, bool, bool]] = {}
+        for pk, channel, pmid, key, older, waiting, locked in (await conn.execute(_STORE_AND_CHECK_PG, params)).all():
+            stored[(channel, pmid)] = pk
+            checks[key] = (older, waiting, locked)
+        fresh: dict[int, dict[str, Any]] = {}
+        for msg in batch:
+            pk = stored.get((msg.channel, msg.provider_message_id))
+            if pk is not None and pk not in fresh:  # (a second copy in the batch is the duplicate)
+                fresh[pk] = {"id": pk, "key": msg.key, "attempts": 0, "msg": msg}
+        # in id order, the order the claim loop keeps for what is left pending
+        routed = await router.route_fresh(conn, [fresh[pk] for pk in sorted(fresh)], checks)
+        fault("before_route_commit")
         return stored, routed
 
 
@@ -820,26 +855,29 @@ class RouterWorker:
                                  {"status": "done", "processed_at": now, "attempts": item["attempts"] + 1})
         return Routed(items=len(items), events=[e for evs in per_item for e in evs], handoff=handoff)
 
-    async def route_fresh(self, conn: AsyncConnection, fresh: list[dict[str, Any]]) -> Routed:
+    async def route_fresh(self, conn: AsyncConnection, fresh: list[dict[str, Any]],
+                          checks: dict[str, tuple[bool, bool, bool]] | None = None) -> Routed:
         """Route messages just inserted in ``conn``'s transaction that are next in their conversation.
 
         A message whose conversation has an older message still pending (or another one in this batch) is
         left pending for the claim loop, which keeps arrival order. On PostgreSQL, two processes storing
         messages of one conversation at the same moment cannot see each other's rows yet: an advisory lock
         on the key lets only one of them route it.
+
+        ``checks`` (PostgreSQL, read by the statement that stored the batch): per key, (an older item is
+        pending, an unsent reply is waiting, the advisory lock was taken).
         """
         routed = Routed()
         if not fresh:
             return routed
-        keys = sorted({f["key"] for f in fresh})
-        ids = [f["id"] for f in fresh]
         busy: set[str] | None = None
-        if is_sqlite(conn):
+        if checks is None:
+            keys = sorted({f["key"] for f in fresh})
+            ids = [f["id"] for f in fresh]
             blocked = {r[0] for r in (await conn.execute(_OLDER_PENDING, {"keys": keys, "ids": ids})).all()}
         else:
-            rows = (await conn.execute(_FRESH_KEYS_PG, {"keys": keys, "ids": ids})).all()
-            blocked = {k for k, older, _, locked in rows if older or not locked}
-            busy = {k for k, _, waiting, _ in rows if waiting}
+            blocked = {k for k, (older, _, locked) in checks.items() if older or not locked}
+            busy = {k for k, (_, waiting, _) in checks.items() if waiting}
         heads: list[dict[str, Any]] = []
         for f in fresh:
             if f["key"] in blocked:

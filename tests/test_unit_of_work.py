@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import fields
 from datetime import UTC, datetime
 
@@ -262,9 +263,11 @@ def test_inbound_payload_round_trips_every_field() -> None:
     assert InboundMessage.from_payload(payload) == msg
 
 
-async def test_a_stored_and_routed_batch_fetches_its_ids_once_not_per_message(loket: LoketServer) -> None:
-    """``loket run`` routes a batch as it is stored; the replies' outbox ids (claimed for this process's
-    dispatcher) come with the messages' ids, not one sequence round trip (and one flush) per reply."""
+async def test_a_stored_and_routed_batch_fetches_its_ids_once_not_per_message(
+        loket: LoketServer, caplog: pytest.LogCaptureFixture) -> None:
+    """``loket run`` routes a batch as it is stored (never falling back to storing only); the replies' outbox
+    ids (claimed for this process's dispatcher) come with the messages' ids, not one sequence round trip (and
+    one flush) per reply."""
     statements: list[str] = []
     event.listen(loket.rt.engine.sync_engine, "before_cursor_execute",
                  lambda conn, cur, stmt, *a: statements.append(stmt))
@@ -278,7 +281,9 @@ async def test_a_stored_and_routed_batch_fetches_its_ids_once_not_per_message(lo
         return int(out) >= n
 
     await wait_for(answered)
-    batches = sum(s.lstrip().upper().startswith("INSERT INTO INBOX_ITEMS") for s in statements)
+    fallbacks = [r.getMessage() for r in caplog.records if r.name == "loket.pipeline" and r.levelno >= logging.ERROR]
+    assert fallbacks == []
+    batches = sum("INSERT INTO INBOX_ITEMS" in s.upper() for s in statements)
     id_fetches = sum("nextval" in s for s in statements)
     assert batches >= 1
     if loket.rt.engine.dialect.name == "postgresql":
