@@ -400,26 +400,27 @@ class TelegramChannel:
             body["reply_markup"] = markup
         session = await cast(AiohttpSession, self.bot.session).create_session()
         try:
-            async with session.post(self._send_message_url, data=json.dumps(body, ensure_ascii=False).encode(),
+            async with session.post(self._send_message_url, data=orjson.dumps(body),
                                     headers=_JSON_HEADERS, timeout=self._timeout) as resp:
-                status, raw = resp.status, await resp.text()
+                status, raw = resp.status, await resp.read()
         except TimeoutError as exc:
             raise TelegramNetworkError(method=self._method(body), message="Request timeout error") from exc
         except ClientError as exc:
             raise TelegramNetworkError(method=self._method(body), message=f"{type(exc).__name__}: {exc}") from exc
         if status == 200:
             try:
-                data = json.loads(raw)
+                data = orjson.loads(raw)
                 if data.get("ok") is True:
                     result = data["result"]
                     return int(result["chat"]["id"]), int(result["message_id"])
             except (ValueError, KeyError, TypeError, AttributeError):
                 pass  # not the Bot API's answer: aiogram says what is wrong with it
+        text = raw.decode("utf-8", "replace")
         response = self.bot.session.check_response(bot=self.bot, method=self._method(body), status_code=status,
-                                                   content=raw)
+                                                   content=text)
         sent = response.result
         if sent is None:
-            raise ClientDecodeError("sendMessage answered ok without a message", ValueError("no result"), raw)
+            raise ClientDecodeError("sendMessage answered ok without a message", ValueError("no result"), text)
         return sent.chat.id, sent.message_id
 
     @staticmethod
