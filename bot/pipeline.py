@@ -242,14 +242,7 @@ class InboxWriter:
                 )
             stored = {(r[1], r[2]): r[0] for r in (await conn.execute(self._insert, rows)).all()}
             if batch is not None and self.router is not None:
-                fresh: list[dict[str, Any]] = []
-                taken: set[tuple[str, str]] = set()
-                for msg in batch:
-                    ident = (msg.channel, msg.provider_message_id)
-                    if ident in stored and ident not in taken:
-                        taken.add(ident)
-                        fresh.append({"id": stored[ident], "key": msg.key, "attempts": 0, "msg": msg})
-                routed = await self.router.route_fresh(conn, fresh)
+                routed = await self.router.route_fresh(conn, _fresh(batch, stored))
                 fault("before_route_commit")
         return stored, routed
 
@@ -263,15 +256,20 @@ class InboxWriter:
         for pk, channel, pmid, key, older, waiting, locked in (await conn.execute(_STORE_AND_CHECK_PG, params)).all():
             stored[(channel, pmid)] = pk
             checks[key] = (older, waiting, locked)
-        fresh: dict[int, dict[str, Any]] = {}
-        for msg in batch:
-            pk = stored.get((msg.channel, msg.provider_message_id))
-            if pk is not None and pk not in fresh:  # (a second copy in the batch is the duplicate)
-                fresh[pk] = {"id": pk, "key": msg.key, "attempts": 0, "msg": msg}
-        # in id order, the order the claim loop keeps for what is left pending
-        routed = await router.route_fresh(conn, [fresh[pk] for pk in sorted(fresh)], checks)
+        routed = await router.route_fresh(conn, _fresh(batch, stored), checks)
         fault("before_route_commit")
         return stored, routed
+
+
+def _fresh(batch: list[InboundMessage], stored: dict[tuple[str, str], int]) -> list[dict[str, Any]]:
+    """The batch's newly stored messages as inbox items, in id order (the order the claim loop keeps for what
+    is left pending); a second copy of a message in the batch is the duplicate."""
+    fresh: dict[int, dict[str, Any]] = {}
+    for msg in batch:
+        pk = stored.get((msg.channel, msg.provider_message_id))
+        if pk is not None and pk not in fresh:
+            fresh[pk] = {"id": pk, "key": msg.key, "attempts": 0, "msg": msg}
+    return [fresh[pk] for pk in sorted(fresh)]
 
 
 EffectApplier = Callable[["ApplyContext", Custom], Awaitable[None]]

@@ -293,7 +293,8 @@ class UnitOfWork:
                 for run in _runs(inserts[table]):
                     steps.append((table, "insert", tuple(run[0]), run))
             grouped: dict[tuple[Table, tuple[str, ...]], list[dict[str, Any]]] = {}
-            # primary-key order: two transactions updating the same rows take their locks in the same order
+            # primary-key order: two transactions updating the same rows take their locks in the same order (on
+            # PostgreSQL the arrays are in this order; the row locks then follow the plan of the join over unnest)
             for (table, pk), values in sorted(updates.items(), key=lambda kv: (_order(kv[0][0]), kv[0][1])):
                 grouped.setdefault((table, tuple(sorted(values))), []).append({**values, "id": pk})
             steps.extend((table, "update", cols, rows) for (table, cols), rows in grouped.items())
@@ -320,10 +321,14 @@ class UnitOfWork:
             else:  # its executemany is the whole cost
                 with driver[1]:
                     driver[0].executemany(sql, params)
-            if kind == "insert" and "id" not in cols:
-                ids = self._root()._sqlite_next
-                if ids is not None:
-                    ids.pop(table.name, None)  # SQLite numbered these rows itself
+            if kind == "insert":  # keep the next-id caches right: this went past the driver's own watch
+                for ids in (_sqlite_ids(conn)[0], self._root()._sqlite_next):
+                    if ids is None or table.name not in ids:
+                        continue
+                    if "id" not in cols:
+                        del ids[table.name]  # SQLite numbered these rows itself
+                    else:
+                        ids[table.name] = max(ids[table.name], max(r["id"] for r in rows) + 1)
 
     async def flush(self, conn: AsyncConnection) -> None:
         if self.pending:

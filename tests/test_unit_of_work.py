@@ -236,6 +236,8 @@ async def test_ids_handed_out_across_transactions_never_collide_with_other_write
         async with engine.begin() as conn:  # the same connection, a plain insert outside any unit of work
             await conn.execute(insert(customers).values(**customer_row("plain")))
         fourth = await add("fourth")
+        async with engine.begin() as conn, unit_of_work(conn):  # a unit of work that lets SQLite number its rows
+            await uow_insert(conn, customers, customer_row("numbered by the database"))
         with pytest.raises(RuntimeError):
             async with engine.begin() as conn, unit_of_work(conn):
                 await uow_insert(conn, customers, customer_row("rolled back"), want_id=True)
@@ -244,8 +246,9 @@ async def test_ids_handed_out_across_transactions_never_collide_with_other_write
         fifth = await add("fifth")
         async with engine.connect() as conn:
             rows = {r[0]: r[1] for r in await conn.execute(select(customers.c.display_name, customers.c.id))}
-        assert sorted(rows) == ["elsewhere", "fifth", "first", "fourth", "plain", "second", "third"]
-        assert len(set(rows.values())) == 7
+        assert sorted(rows) == ["elsewhere", "fifth", "first", "fourth", "numbered by the database", "plain",
+                                "second", "third"]
+        assert len(set(rows.values())) == 8
         assert [rows[n] for n in ("first", "second", "third", "fourth", "fifth")] == [
             first, second, third, fourth, fifth]
     finally:
