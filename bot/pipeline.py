@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, exists, func, select, true, update
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import and_, bindparam, cast, exists, func, select, true, update
+from sqlalchemy.dialects.postgresql import ARRAY, REGCLASS
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -115,11 +115,21 @@ _STORED = (
     .returning(inbox_items.c.id, inbox_items.c.channel, inbox_items.c.provider_message_id, inbox_items.c.key)
     .cte("stored")
 )
+
+
+
+def _next_ids(table: Any) -> Any:
+    return func.nextval(cast(func.pg_get_serial_sequence(table.name, "id"), REGCLASS))
+
+
+# ... and, in the same round trip, the ids a routed message usually needs: its own message row, one reply and
+# the reply's outbox row (handed to the unit of work; what routing does not use is a gap in the sequence).
 _STORE_AND_CHECK_PG = select(
     _STORED.c.id, _STORED.c.channel, _STORED.c.provider_message_id, _STORED.c.key,
     exists().where(_older_pending(true(), _STORED.c.key)),
     exists().where(_unsent_reply(_STORED.c.key)),
     func.pg_try_advisory_xact_lock(func.hashtext(_STORED.c.key)),
+    _next_ids(messages), _next_ids(messages), _next_ids(outbox_items),
 )
 
 
@@ -253,10 +263,14 @@ class InboxWriter:
         params = {c: [r[c] for r in rows] for c in _INBOX_COLUMNS}
         stored: dict[tuple[str, str], int] = {}
         checks: dict[str, tuple[bool, bool, bool]] = {}
-        for pk, channel, pmid, key, older, waiting, locked in (await conn.execute(_STORE_AND_CHECK_PG, params)).all():
+        ids: dict[Any, list[int]] = {messages: [], outbox_items: []}
+        for pk, channel, pmid, key, older, waiting, locked, m1, m2, o in (
+                await conn.execute(_STORE_AND_CHECK_PG, params)).all():
             stored[(channel, pmid)] = pk
             checks[key] = (older, waiting, locked)
-        routed = await router.route_fresh(conn, _fresh(batch, stored), checks)
+            ids[messages] += (m1, m2)
+            ids[outbox_items].append(o)
+        routed = await router.route_fresh(conn, _fresh(batch, stored), checks, ids)
         fault("before_route_commit")
         return stored, routed
 
@@ -839,13 +853,16 @@ class RouterWorker:
             return await self._process(safe=True)
 
     async def route_items(self, conn: AsyncConnection, items: list[dict[str, Any]],
-                          busy: set[str] | None = None) -> Routed:
+                          busy: set[str] | None = None, ids: dict[Any, list[int]] | None = None) -> Routed:
         """Route items of different conversations (``id``, ``key``, ``attempts``, ``msg``) and mark them done,
         in one unit of work on ``conn``'s transaction. Raises if any of them fails (nothing is kept then).
-        ``busy``: the keys with an unsent reply, when the caller has read them already."""
+        ``busy``: the keys with an unsent reply, when the caller has read them already; ``ids``: sequence
+        values per table the caller already fetched (PostgreSQL)."""
         now = self.pipeline.clock.now()
         per_item: list[list[tuple[str, dict[str, Any]]]] = [[] for _ in items]
-        async with unit_of_work(conn):
+        async with unit_of_work(conn) as uow:
+            for table, values in (ids or {}).items():
+                uow.provide_ids(table, values)
             handoff = await self.pipeline.handoff_for(conn, [i["key"] for i in items], now, busy)
             await self.pipeline.handle_batch(conn, [i["msg"] for i in items], per_item, handoff)
             for item in items:
@@ -854,7 +871,8 @@ class RouterWorker:
         return Routed(items=len(items), events=[e for evs in per_item for e in evs], handoff=handoff)
 
     async def route_fresh(self, conn: AsyncConnection, fresh: list[dict[str, Any]],
-                          checks: dict[str, tuple[bool, bool, bool]] | None = None) -> Routed:
+                          checks: dict[str, tuple[bool, bool, bool]] | None = None,
+                          ids: dict[Any, list[int]] | None = None) -> Routed:
         """Route messages just inserted in ``conn``'s transaction that are next in their conversation.
 
         A message whose conversation has an older message still pending (or another one in this batch) is
@@ -863,7 +881,8 @@ class RouterWorker:
         on the key lets only one of them route it.
 
         ``checks`` (PostgreSQL, read by the statement that stored the batch): per key, (an older item is
-        pending, an unsent reply is waiting, the advisory lock was taken).
+        pending, an unsent reply is waiting, the advisory lock was taken); ``ids``: sequence values that
+        statement fetched for the routing.
         """
         routed = Routed()
         if not fresh:
@@ -871,8 +890,8 @@ class RouterWorker:
         busy: set[str] | None = None
         if checks is None:
             keys = sorted({f["key"] for f in fresh})
-            ids = [f["id"] for f in fresh]
-            blocked = {r[0] for r in (await conn.execute(_OLDER_PENDING, {"keys": keys, "ids": ids})).all()}
+            stored = [f["id"] for f in fresh]
+            blocked = {r[0] for r in (await conn.execute(_OLDER_PENDING, {"keys": keys, "ids": stored})).all()}
         else:
             blocked = {k for k, (older, _, locked) in checks.items() if older or not locked}
             busy = {k for k, (_, waiting, _) in checks.items() if waiting}
@@ -884,7 +903,7 @@ class RouterWorker:
             blocked.add(f["key"])  # a later message of this conversation in the batch waits for the claim loop
             heads.append(f)
         if heads:
-            done = await self.route_items(conn, heads, busy)
+            done = await self.route_items(conn, heads, busy, ids)
             done.left_pending = routed.left_pending
             return done
         return routed

@@ -252,6 +252,11 @@ class UnitOfWork:
             block = root._ids[table]
         return block.pop()
 
+    def provide_ids(self, table: Table, ids: list[int]) -> None:
+        """Sequence values of ``table`` another statement of this transaction already fetched (PostgreSQL)."""
+        root = self._root()
+        root._ids[table] = sorted([*ids, *root._ids.get(table, [])], reverse=True)  # handed out ascending
+
     async def _fetch_ids(self, conn: AsyncConnection, wanted: dict[Table, int]) -> None:
         """Blocks of sequence values for several tables in one statement (PostgreSQL)."""
         parts: list[str] = []
