@@ -117,7 +117,6 @@ _STORED = (
 )
 
 
-
 def _next_ids(table: Any) -> Any:
     return func.nextval(cast(func.pg_get_serial_sequence(table.name, "id"), REGCLASS))
 

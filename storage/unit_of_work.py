@@ -79,20 +79,16 @@ def _sqlite_datetime(value: Any) -> Any:
     return text
 
 
+def _sqlite_shim(conn: Connection) -> Any:
+    """Loket's inline SQLite driver connection (``storage/sqlite_inline.py``) under ``conn``, or None."""
+    shim = getattr(conn.connection.dbapi_connection, "_connection", None)
+    return shim if isinstance(getattr(shim, "_conn", None), sqlite3.Connection) else None
+
+
 def _sqlite_driver(conn: Connection) -> tuple[Any, Any] | None:
-    """The sqlite3 connection under Loket's inline driver (``storage/sqlite_inline.py``) and its lock."""
-    shim = getattr(conn.connection.dbapi_connection, "_connection", None)
-    raw = getattr(shim, "_conn", None)
-    return (raw, shim._lock) if isinstance(raw, sqlite3.Connection) else None  # type: ignore[union-attr]
-
-
-def _sqlite_ids(conn: Connection) -> tuple[dict[str, int], bool]:
-    """The next-id cache of Loket's SQLite driver connection (it outlives transactions and forgets what other
-    statements and connections may have taken) and True, or a fresh one for this transaction under another
-    driver and False."""
-    shim = getattr(conn.connection.dbapi_connection, "_connection", None)
-    ids = getattr(shim, "next_ids", None)
-    return (ids, True) if isinstance(ids, dict) else ({}, False)
+    """The sqlite3 connection under Loket's inline driver and its lock."""
+    shim = _sqlite_shim(conn)
+    return (shim._conn, shim._lock) if shim is not None else None
 
 
 def _converter(table: Table, column: str, dialect: str) -> Any:
@@ -200,8 +196,8 @@ class UnitOfWork:
         self.other_writes = 0  # statements that wrote outside this unit of work (rows read before may be stale)
         # id allocation: PostgreSQL sequence values fetched in blocks; SQLite next rowid per table
         self._ids: dict[Table, list[int]] = {}
-        self._sqlite_next: dict[str, int] | None = None  # table name → next id (the connection's, see _sqlite_ids)
-        self._shared_ids = False
+        self._sqlite_next: dict[str, int] | None = None  # table name → next id (see _sqlite_id_cache)
+        self._shared_ids = False  # _sqlite_next is the driver connection's (it watches every statement)
         self.expect: dict[Table, int] = {}  # how many ids of a table this transaction will likely need
 
     # ------------------------------------------------------------------ recording
@@ -232,10 +228,7 @@ class UnitOfWork:
     async def next_id(self, conn: AsyncConnection, table: Table) -> int:
         root = self._root()  # one allocator per transaction, shared by nested units
         if root.dialect == "sqlite":
-            ids = root._sqlite_next
-            if ids is None:
-                ids, root._shared_ids = _sqlite_ids(conn.sync_connection)  # type: ignore[arg-type]
-                root._sqlite_next = ids
+            ids = root._sqlite_id_cache(conn.sync_connection)  # type: ignore[arg-type]
             nxt = ids.get(table.name)
             if nxt is None:  # (the read flushes what is pending first, so the maximum includes it)
                 current = (await conn.execute(select(table.c.id).order_by(table.c.id.desc()).limit(1))).scalar()
@@ -251,6 +244,16 @@ class UnitOfWork:
             await root._fetch_ids(conn, wanted)
             block = root._ids[table]
         return block.pop()
+
+    def _sqlite_id_cache(self, conn: Connection) -> dict[str, int]:
+        """Table name → next id: the driver connection's cache, which outlives transactions and forgets what
+        other statements and connections may have taken; under another driver, this transaction's own."""
+        root = self._root()
+        if root._sqlite_next is None:
+            shim = _sqlite_shim(conn)
+            root._shared_ids = shim is not None
+            root._sqlite_next = shim.next_ids if shim is not None else {}
+        return root._sqlite_next
 
     def provide_ids(self, table: Table, ids: list[int]) -> None:
         """Sequence values of ``table`` another statement of this transaction already fetched (PostgreSQL)."""
@@ -326,14 +329,12 @@ class UnitOfWork:
             else:  # its executemany is the whole cost
                 with driver[1]:
                     driver[0].executemany(sql, params)
-            if kind == "insert":  # keep the next-id caches right: this went past the driver's own watch
-                for ids in (_sqlite_ids(conn)[0], self._root()._sqlite_next):
-                    if ids is None or table.name not in ids:
-                        continue
-                    if "id" not in cols:
-                        del ids[table.name]  # SQLite numbered these rows itself
-                    else:
-                        ids[table.name] = max(ids[table.name], max(r["id"] for r in rows) + 1)
+            ids = self._sqlite_id_cache(conn)
+            if kind == "insert" and table.name in ids:  # keep the cache right: this went past the driver's watch
+                if "id" not in cols:
+                    del ids[table.name]  # SQLite numbered these rows itself
+                else:
+                    ids[table.name] = max(ids[table.name], max(r["id"] for r in rows) + 1)
 
     async def flush(self, conn: AsyncConnection) -> None:
         if self.pending:
