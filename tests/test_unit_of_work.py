@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import fields
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import event, func, insert, select
+from sqlalchemy import Text, cast, event, func, insert, select
 
 from bot.messages import Attachment, InboundMessage
 from storage.db import make_engine
@@ -172,6 +172,35 @@ async def test_a_flush_is_one_statement_on_postgresql_and_writes_every_value_as_
             assert {n[1] for n in notes} == {None}
             stamps = {r[0].replace(tzinfo=UTC) for r in await conn.execute(select(touchpoints.c.created_at))}
             assert stamps == {NOW}
+    finally:
+        await engine.dispose()
+
+
+async def test_rows_written_by_a_unit_of_work_read_back_exactly_as_sqlalchemy_writes_them(db_url: str) -> None:
+    """Awkward values (quotes, backslashes, newlines, emoji, None in a JSON column — JSON null, not SQL NULL —
+    non-string keys, naive and non-UTC timestamps, big integers, False) go through the unit of work's flush
+    (on PostgreSQL one JSON document per step) and read back as the same row inserted by SQLAlchemy does."""
+    awkward = {"display_name": 'Bu \'Ani\' "Sari" \\ C:\\path\n2nd line \t 🙂 ñ', "language": "en",
+               "timezone": "Asia/Makassar", "tags": None, "attributes": {1: "one", "n": None, "l": [1.5, True]},
+               "opted_out": False, "opted_out_at": datetime(2026, 12, 1, 9, 30, 15, 5),
+               "merged_into_id": None, "created_at": datetime(2026, 12, 1, 16, 30, 15, 123456,
+                                                              tzinfo=timezone(timedelta(hours=7))),
+               "last_seen_at": None}
+    columns = [cast(c, Text) if c.name in {"tags", "attributes"} else c for c in customers.c if c.name != "id"]
+    engine = make_engine(db_url)
+    try:
+        async with engine.begin() as conn:
+            plain = await conn.scalar(insert(customers).values(**awkward).returning(customers.c.id))
+            async with unit_of_work(conn):
+                written = await uow_insert(conn, customers, dict(awkward), want_id=True)
+                updated = await uow_insert(conn, customers, customer_row("later"), want_id=True)
+            async with unit_of_work(conn):  # the update path of the flush, on a row already stored
+                await update_row(conn, customers, updated, {k: v for k, v in awkward.items() if k != "created_at"})
+            got = {r[0]: tuple(r[1:]) for r in await conn.execute(select(customers.c.id, *columns))}
+        expected = got[plain]
+        assert expected[list(customers.c.keys()).index("tags") - 1] == "null"  # JSON null, as SQLAlchemy writes it
+        assert got[written] == expected
+        assert got[updated][:-2] == expected[:-2]  # all but created_at (not updated) and last_seen_at
     finally:
         await engine.dispose()
 
