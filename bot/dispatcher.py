@@ -24,7 +24,7 @@ from bot.channels.base import ChannelRegistry, PermanentSendError, SendError, Tr
 from bot.clock import Clock, aware
 from bot.faults import fault
 from bot.messages import OutboundMessage, ProviderReceipt, Reply
-from storage.db import is_sqlite
+from storage.db import is_sqlite, one_of
 from storage.models import conversations, identities, messages, outbox_items
 from storage.repositories import add_touchpoint
 from storage.unit_of_work import unit_of_work, update_row
@@ -57,13 +57,14 @@ _EXPIRED_SQLITE = (
 )
 _EXPIRED_PG = _EXPIRED_SQLITE.with_for_update(skip_locked=True, of=outbox_items)
 _CLAIMABLE_PG = _CLAIMABLE_SQLITE.with_for_update(skip_locked=True, of=outbox_items)
-_MARK_CLAIMED = (
+# by dialect (True: PostgreSQL), see ``one_of``
+_MARK_CLAIMED = {pg: (
     update(outbox_items)
-    .where(outbox_items.c.id.in_(bindparam("ids", expanding=True)))
+    .where(one_of(outbox_items.c.id, "ids", postgresql=pg))
     .values(status="sending", locked_by=bindparam("by"), locked_until=bindparam("until"),
             attempts=outbox_items.c.attempts + 1)
-)
-_CLAIMED_ROWS = (
+) for pg in (False, True)}
+_CLAIMED_ROWS = {pg: (
     select(
         outbox_items.c.id.label("outbox_id"),
         outbox_items.c.attempts,
@@ -86,9 +87,9 @@ _CLAIMED_ROWS = (
         .join(conversations, conversations.c.id == messages.c.conversation_id)
         .join(identities, identities.c.id == conversations.c.identity_id)
     )
-    .where(outbox_items.c.id.in_(bindparam("ids", expanding=True)))
+    .where(one_of(outbox_items.c.id, "ids", postgresql=pg))
     .order_by(outbox_items.c.id)
-)
+) for pg in (False, True)}
 
 
 def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:
@@ -256,8 +257,8 @@ class Dispatcher:
                 ids += [r[0] for r in (await conn.execute(stmt, {"now": now, "n": limit - len(ids)})).all()]
             if not ids:
                 return []
-            await conn.execute(_MARK_CLAIMED, {"ids": ids, "by": self.worker_id, "until": now + self.lease})
-            rows = (await conn.execute(_CLAIMED_ROWS, {"ids": ids})).mappings().all()
+            await conn.execute(_MARK_CLAIMED[not sqlite], {"ids": ids, "by": self.worker_id, "until": now + self.lease})
+            rows = (await conn.execute(_CLAIMED_ROWS[not sqlite], {"ids": ids})).mappings().all()
         return [dict(r) for r in rows]
 
     def _outbound(self, row: dict[str, Any]) -> OutboundMessage:

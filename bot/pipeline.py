@@ -39,7 +39,7 @@ from bot.faults import fault
 from bot.messages import InboundMessage, Reply
 from bot.router import ConversationView, CustomerView, RouteContext, Router
 from bot.texts import detect_language
-from storage.db import insert_ignore, is_sqlite
+from storage.db import insert_ignore, is_sqlite, one_of
 from storage.models import conversations, customers, identities, inbox_items, messages, outbox_items, teams
 from storage.repositories import add_touchpoint, find_identities, find_or_create_customer
 from storage.unit_of_work import current as current_uow
@@ -57,13 +57,14 @@ _LAST_CHOICES = (
     .scalar_subquery()
     .label("last_choices")
 )
-_LATEST_CONVERSATIONS = select(conversations, _LAST_CHOICES).where(
+# by dialect (True: PostgreSQL), as every statement here with a list parameter (``one_of``)
+_LATEST_CONVERSATIONS = {pg: select(conversations, _LAST_CHOICES).where(
     conversations.c.id.in_(
         select(func.max(conversations.c.id))
-        .where(conversations.c.identity_id.in_(bindparam("ids", expanding=True)))
+        .where(one_of(conversations.c.identity_id, "ids", postgresql=pg))
         .group_by(conversations.c.identity_id)
     )
-)
+) for pg in (False, True)}
 _EARLIER_IN = inbox_items.alias("earlier")
 # The oldest pending item of each key: pending rows in id order (index status, id), each checked with one
 # seek (index key, status, id) for an older pending item of its key. Stops after ``n``: the cost follows the
@@ -356,11 +357,11 @@ class ApplyContext:
 
 
 _UNKNOWN: Any = object()  # "the caller did not look the conversation up"
-_BUSY_KEYS = (
+_BUSY_KEYS = {pg: (
     select(outbox_items.c.key)
-    .where(_unsent_reply(), outbox_items.c.key.in_(bindparam("keys", expanding=True)))
+    .where(_unsent_reply(), one_of(outbox_items.c.key, "keys", postgresql=pg))
     .distinct()
-)
+) for pg in (False, True)}
 
 
 @dataclass
@@ -410,7 +411,7 @@ class Pipeline:
         if room <= 0:
             return None
         if busy is None:
-            busy = {r[0] for r in (await conn.execute(_BUSY_KEYS, {"keys": keys})).all()} if keys else set()
+            busy = {r[0] for r in (await conn.execute(_BUSY_KEYS[not is_sqlite(conn)], {"keys": keys})).all()} if keys else set()
         return Handoff(worker_id=d.worker_id, until=now + d.lease, room=room, busy=busy)
 
     # ---------------------------------------------------------------- conversations
@@ -418,7 +419,7 @@ class Pipeline:
         """Each identity's newest conversation (with the choices of its last bot message), in one query."""
         if not identity_ids:
             return {}
-        rows = (await conn.execute(_LATEST_CONVERSATIONS, {"ids": identity_ids})).mappings().all()
+        rows = (await conn.execute(_LATEST_CONVERSATIONS[not is_sqlite(conn)], {"ids": identity_ids})).mappings().all()
         return {r["identity_id"]: dict(r) for r in rows}
 
     async def open_conversation(
