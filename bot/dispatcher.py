@@ -27,7 +27,7 @@ from bot.messages import OutboundMessage, ProviderReceipt, Reply
 from storage.db import is_sqlite, one_of
 from storage.models import conversations, identities, messages, outbox_items
 from storage.repositories import add_touchpoint
-from storage.unit_of_work import unit_of_work, update_row
+from storage.unit_of_work import update_row, write_only
 
 log = logging.getLogger("loket.dispatcher")
 
@@ -331,7 +331,7 @@ class Dispatcher:
         now = self.clock.now()
         events: list[tuple[str, dict[str, Any]]] = []
         outcomes: list[tuple[dict[str, Any], str]] = []
-        async with self.engine.begin() as conn, unit_of_work(conn):
+        async with write_only(self.engine) as conn:  # PostgreSQL: one statement, no BEGIN/COMMIT round trips
             for row, result in batch:
                 base = {"conversation_id": row["conversation_id"], "customer_id": row["customer_id"],
                         "message_id": row["message_id"], "channel": row["channel"]}

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import sqlite3
 import weakref
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from typing import Any
 
@@ -41,11 +42,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import Select, TextClause
 from sqlalchemy.sql.util import find_tables
 
 UOW_KEY = "loket.unit_of_work"
+WRITE_ONLY_KEY = "loket.write_only"
 # The innermost open unit of work of this task (checked against the connection it belongs to): reading a
 # context variable is much cheaper than ``AsyncConnection.info``, and the writers ask on every row.
 _innermost: ContextVar[UnitOfWork | None] = ContextVar("loket_unit_of_work", default=None)
@@ -381,6 +383,32 @@ class unit_of_work:  # noqa: N801 - used as a context manager
                 self.conn.info.pop(UOW_KEY, None)
 
 
+@asynccontextmanager
+async def write_only(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A connection for writes that need no read first, collected in a unit of work and committed together.
+
+    On PostgreSQL the unit of work's flush is one statement, and a statement is atomic on its own: it runs in
+    autocommit, without BEGIN and COMMIT around it (one round trip instead of three; the dispatcher records
+    every send result this way). Writing with a statement of its own inside the block would commit that
+    statement alone, so it raises; reads are allowed. On SQLite this is an ordinary write transaction.
+    """
+    async with engine.connect() as conn:
+        sqlite = engine.dialect.name == "sqlite"
+        if not sqlite:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+        conn.info[WRITE_ONLY_KEY] = True
+        try:
+            async with conn.begin() if sqlite else _no_transaction(), unit_of_work(conn):
+                yield conn
+        finally:
+            conn.info.pop(WRITE_ONLY_KEY, None)
+
+
+@asynccontextmanager
+async def _no_transaction() -> AsyncIterator[None]:
+    yield
+
+
 # ---------------------------------------------------------------------- writers used by the hot path
 async def insert(conn: AsyncConnection, table: Table, row: dict[str, Any], *, want_id: bool = False) -> int | None:
     """Insert a row: recorded in the unit of work when one is open, else executed now. ``want_id`` → its id."""
@@ -432,6 +460,12 @@ def _pending_tables(stack: list[UnitOfWork]) -> set[Table]:
     return tables
 
 
+def _reads_only(clauseelement: Any) -> bool:
+    """A SELECT statement, also given as text."""
+    return isinstance(clauseelement, Select) or (
+        isinstance(clauseelement, TextClause | str) and str(clauseelement).lstrip()[:6].upper() == "SELECT")
+
+
 @event.listens_for(Engine, "before_execute")
 def _autoflush(conn: Connection, clauseelement: Any, *_: Any) -> None:
     stack = conn.info.get(UOW_KEY)
@@ -441,16 +475,19 @@ def _autoflush(conn: Connection, clauseelement: Any, *_: Any) -> None:
     if uow.flushing:
         return
     is_select = isinstance(clauseelement, Select)
+    reads = is_select or _reads_only(clauseelement)
     # a SELECT of tables with no pending rows reads the same with or without a flush: keep collecting
-    if any(u.pending for u in stack) and (
-        not is_select or _pending_tables(stack) & _tables_read(clauseelement)
-    ):
+    needs_flush = any(u.pending for u in stack) and (
+        not is_select or bool(_pending_tables(stack) & _tables_read(clauseelement)))
+    if conn.info.get(WRITE_ONLY_KEY) and (needs_flush or not reads):
+        raise RuntimeError("a write_only block ran a statement that writes, or reads its pending rows (either would "
+                           "commit apart from the block's writes); write through the unit of work, or use a "
+                           "transaction")
+    if needs_flush:
         for u in stack:
             if u.pending:
                 u.flush_sync(conn)
-    if is_select or (
-        isinstance(clauseelement, TextClause | str) and str(clauseelement).lstrip()[:6].upper() == "SELECT"
-    ):
+    if reads:
         return
     for u in stack:
         u.other_writes += 1

@@ -14,7 +14,7 @@ from bot.messages import Attachment, InboundMessage
 from storage.db import make_engine
 from storage.models import conversations, customers, identities, messages, touchpoints
 from storage.repositories import add_touchpoint
-from storage.unit_of_work import current, unit_of_work, update_row
+from storage.unit_of_work import current, unit_of_work, update_row, write_only
 from storage.unit_of_work import insert as uow_insert
 from tests.support import LoketServer, wait_for
 
@@ -335,3 +335,46 @@ async def test_a_stored_and_routed_batch_fetches_its_ids_once_not_per_message(
         assert fetches == 0, (fetches, batches)
     fallbacks = [r.getMessage() for r in caplog.records if r.name == "loket.pipeline" and r.levelno >= logging.ERROR]
     assert fallbacks == []
+
+
+async def test_write_only_commits_the_block_as_one_atomic_statement(db_url: str, monkeypatch: pytest.MonkeyPatch
+                                                                     ) -> None:
+    """``write_only``: the block's writes go out together (PostgreSQL: one statement in autocommit, no BEGIN or
+    COMMIT); if that statement fails, nothing of the block is written; a write of its own inside raises."""
+    from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_connection
+
+    begins: list[object] = []  # transactions asyncpg really started (BEGIN sent)
+    start = AsyncAdapt_asyncpg_connection._start_transaction
+    monkeypatch.setattr(AsyncAdapt_asyncpg_connection, "_start_transaction", lambda self: (
+        begins.append(self) if self.isolation_level != "autocommit" else None, start(self))[1])
+    engine = make_engine(db_url)
+    sent: list[str] = []
+    event.listen(engine.sync_engine, "before_cursor_execute", lambda conn, cur, stmt, *a: sent.append(stmt))
+    try:
+        async with engine.begin() as conn:
+            cid = await uow_insert(conn, customers, customer_row("Dewi"), want_id=True)
+        begins.clear()
+        sent.clear()
+        async with write_only(engine) as conn:
+            await update_row(conn, customers, cid, {"display_name": "Dewi R."})
+            await add_touchpoint(conn, customer_id=cid, kind="note", now=NOW, payload={"n": 1})
+        if engine.dialect.name == "postgresql":
+            assert len(sent) == 1 and begins == []
+        async with engine.connect() as conn:
+            assert await conn.scalar(select(customers.c.display_name).where(customers.c.id == cid)) == "Dewi R."
+            assert await count(conn, touchpoints) == 1
+
+        with pytest.raises(Exception, match="(?i)foreign key"):  # the touchpoint's customer does not exist
+            async with write_only(engine) as conn:
+                await update_row(conn, customers, cid, {"display_name": "lost"})
+                await add_touchpoint(conn, customer_id=cid + 1000, kind="note", now=NOW)
+        with pytest.raises(RuntimeError, match="write_only"):
+            async with write_only(engine) as conn:
+                await update_row(conn, customers, cid, {"display_name": "lost too"})
+                await conn.execute(insert(touchpoints).values(customer_id=cid, kind="note", actor="system",
+                                                              payload={}, created_at=NOW))
+        async with engine.connect() as conn:
+            assert await conn.scalar(select(customers.c.display_name).where(customers.c.id == cid)) == "Dewi R."
+            assert await count(conn, touchpoints) == 1
+    finally:
+        await engine.dispose()
