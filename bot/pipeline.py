@@ -802,13 +802,13 @@ class RouterWorker:
         self.wakeup.set()
 
     async def run(self) -> None:
-        """Run ``loops`` claim loops; on PostgreSQL several transactions route different conversations at once."""
-        if self.loops <= 1:
-            await self._run_one()
-        else:
-            await asyncio.gather(*(self._run_one() for _ in range(self.loops)))
+        """Run ``loops`` claim loops; on PostgreSQL several transactions route different conversations at once.
 
-    async def _run_one(self) -> None:
+        Only the first loop polls; the others wait for a nudge, or for the first loop to find a full batch (a
+        backlog), so an idle worker sends one empty claim per interval, not one per loop."""
+        await asyncio.gather(*(self._run_one(polls=i == 0) for i in range(max(1, self.loops))))
+
+    async def _run_one(self, polls: bool = True) -> None:
         while not self._stopping:
             try:
                 n = await self.process_batch()
@@ -818,10 +818,12 @@ class RouterWorker:
                 log.exception("router worker batch failed; retrying")
                 await asyncio.sleep(0.5)
                 continue
-            if n == 0:
+            if n >= self.batch_size:
+                self.wakeup.set()  # more may be waiting: the other loops help
+            elif n == 0:
                 self.wakeup.clear()
                 try:
-                    await asyncio.wait_for(self.wakeup.wait(), timeout=self.poll_interval)
+                    await asyncio.wait_for(self.wakeup.wait(), timeout=self.poll_interval if polls else None)
                 except TimeoutError:
                     pass
 
