@@ -119,15 +119,24 @@ _STORED = (
 
 
 def _next_ids(table: Any) -> Any:
-    return func.nextval(cast(func.pg_get_serial_sequence(table.name, "id"), REGCLASS))
+    """The table's next id; the sequence is looked up once per statement (an InitPlan), not once per row."""
+    return func.nextval(select(cast(func.pg_get_serial_sequence(table.name, "id"), REGCLASS)).scalar_subquery())
+
+
+def _probe(table: Any, condition: Any) -> Any:
+    """EXISTS, probed once per row through the (key, status, id) index. The OFFSET keeps PostgreSQL from
+    turning it into a hashed subplan, which reads every pending or sending row of the table through the status
+    index, dead index entries of rows already done included: with a busy outbox that was thousands of entries
+    and most of this statement's time (4-6 ms instead of ~1.5 ms for 31 messages, measured)."""
+    return select(table.c.id).where(condition).offset(0).exists()
 
 
 # ... and, in the same round trip, the ids a routed message usually needs: its own message row, one reply and
 # the reply's outbox row (handed to the unit of work; what routing does not use is a gap in the sequence).
 _STORE_AND_CHECK_PG = select(
     _STORED.c.id, _STORED.c.channel, _STORED.c.provider_message_id, _STORED.c.key,
-    exists().where(_older_pending(true(), _STORED.c.key)),
-    exists().where(_unsent_reply(_STORED.c.key)),
+    _probe(inbox_items, _older_pending(true(), _STORED.c.key)),
+    _probe(outbox_items, _unsent_reply(_STORED.c.key)),
     func.pg_try_advisory_xact_lock(func.hashtext(_STORED.c.key)),
     _next_ids(messages), _next_ids(messages), _next_ids(outbox_items),
 )
