@@ -6,6 +6,7 @@ import asyncio
 import logging
 from dataclasses import fields
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 from sqlalchemy import Text, cast, event, func, insert, select
@@ -25,6 +26,13 @@ def customer_row(name: str) -> dict[str, object]:
     return {"display_name": name, "language": "id", "timezone": "Asia/Jakarta", "tags": ["a"],
             "attributes": {"k": 1}, "opted_out": False, "opted_out_at": None, "merged_into_id": None,
             "created_at": NOW, "last_seen_at": None}
+
+
+def statements_sent(engine: Any) -> list[str]:
+    """Every statement the engine sends from now on, as the driver gets it."""
+    sent: list[str] = []
+    event.listen(engine.sync_engine, "before_cursor_execute", lambda conn, cur, stmt, *a: sent.append(stmt))
+    return sent
 
 
 async def count(conn: object, table: object) -> int:
@@ -143,8 +151,7 @@ async def test_a_flush_is_one_statement_on_postgresql_and_writes_every_value_as_
     """PostgreSQL: inserts of several tables and updates go out as one statement (arrays per column), whatever
     the number of rows; the values (JSON, NULL, timestamps, booleans) read back as written."""
     engine = make_engine(db_url)
-    sent: list[str] = []
-    event.listen(engine.sync_engine, "before_cursor_execute", lambda conn, cur, stmt, *a: sent.append(stmt))
+    sent = statements_sent(engine)
     try:
         async with engine.begin() as conn:
             cid = await uow_insert(conn, customers, customer_row("Ani"), want_id=True)
@@ -207,9 +214,7 @@ async def test_rows_written_by_a_unit_of_work_read_back_exactly_as_sqlalchemy_wr
 
 async def test_ids_of_every_table_a_batch_expects_come_in_one_round_trip(db_url: str) -> None:
     engine = make_engine(db_url)
-    statements: list[str] = []
-    event.listen(engine.sync_engine, "before_cursor_execute",
-                 lambda conn, cur, stmt, *a: statements.append(stmt))
+    statements = statements_sent(engine)
     try:
         async with engine.begin() as conn:
             await conn.execute(insert(customers).values(**customer_row("before")))  # ids must not collide
@@ -348,8 +353,7 @@ async def test_write_only_commits_the_block_as_one_atomic_statement(db_url: str,
     monkeypatch.setattr(AsyncAdapt_asyncpg_connection, "_start_transaction", lambda self: (
         begins.append(self) if self.isolation_level != "autocommit" else None, start(self))[1])
     engine = make_engine(db_url)
-    sent: list[str] = []
-    event.listen(engine.sync_engine, "before_cursor_execute", lambda conn, cur, stmt, *a: sent.append(stmt))
+    sent = statements_sent(engine)
     try:
         async with engine.begin() as conn:
             cid = await uow_insert(conn, customers, customer_row("Dewi"), want_id=True)
