@@ -24,9 +24,18 @@ from storage.db import make_engine
 PG_DEFAULT = "postgresql://postgres@127.0.0.1:5432/test"
 
 
-def _pg_url(db_url: str) -> str:
-    return normalize_database_url(db_url if db_url.startswith("postgresql")
-                                  else os.environ.get("LOKET_TEST_PG_URL", PG_DEFAULT))
+@pytest.fixture
+async def pg_url(db_url: str) -> str:
+    """The suite's PostgreSQL database, or on the SQLite pass the local one (as Redis, it must be running)."""
+    url = normalize_database_url(db_url if db_url.startswith("postgresql")
+                                 else os.environ.get("LOKET_TEST_PG_URL", PG_DEFAULT))
+    try:
+        conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"), timeout=5)
+    except Exception as exc:  # noqa: BLE001
+        pytest.fail(f"PostgreSQL at {url} does not answer ({exc}); start it (see README → Development) "
+                    "or point LOKET_TEST_PG_URL at one")
+    await conn.close()
+    return url
 
 
 async def _two_pids(engine: AsyncEngine) -> list[int]:
@@ -39,15 +48,20 @@ def pings(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     """Every ping the pool sends (each is three round trips with asyncpg: BEGIN, the ping, ROLLBACK)."""
     seen: list[Any] = []
     ping = AsyncAdapt_asyncpg_connection.ping
-    monkeypatch.setattr(AsyncAdapt_asyncpg_connection, "ping", lambda self: (seen.append(self), ping(self))[1])
+
+    def counted(self: AsyncAdapt_asyncpg_connection) -> None:
+        seen.append(self)
+        ping(self)
+
+    monkeypatch.setattr(AsyncAdapt_asyncpg_connection, "ping", counted)
     monkeypatch.setattr(db, "PING_AFTER_IDLE_SECONDS", 0.3)
     return seen
 
 
 @pytest.mark.parametrize("idle", [False, True], ids=["just-used", "idle"])
 async def test_a_connection_terminated_in_the_pool_is_replaced_at_checkout(
-        db_url: str, idle: bool, pings: list[Any]) -> None:
-    url = _pg_url(db_url)
+        pg_url: str, idle: bool, pings: list[Any]) -> None:
+    url = pg_url
     engine = make_engine(url)
     admin = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
     try:
@@ -62,8 +76,8 @@ async def test_a_connection_terminated_in_the_pool_is_replaced_at_checkout(
         await engine.dispose()
 
 
-async def test_only_a_connection_that_sat_idle_is_pinged(db_url: str, pings: list[Any]) -> None:
-    engine = make_engine(_pg_url(db_url))
+async def test_only_a_connection_that_sat_idle_is_pinged(pg_url: str, pings: list[Any]) -> None:
+    engine = make_engine(pg_url)
     try:
         first = await _two_pids(engine)
         pings.clear()
