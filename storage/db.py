@@ -70,7 +70,7 @@ def _ping_after_idle(engine: AsyncEngine) -> None:
     """Pre-ping pooled connections that sat idle, not every checkout.
 
     SQLAlchemy's ``pool_pre_ping`` costs three round trips per checkout with asyncpg (BEGIN, a ping, ROLLBACK):
-    on the message path that was about one round trip in three. A connection checked in under a second ago is
+    three more for a storing batch's six, and for the dispatcher's three. A connection checked in under a second ago is
     only checked locally (asyncpg sees a closed socket, e.g. a terminated backend, at once); an older one is
     pinged as before. A failed ping makes the pool replace the connection (``DisconnectionError``); a
     connection that dies between a check and its first statement fails that statement, as any could.

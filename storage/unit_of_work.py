@@ -22,7 +22,7 @@ from __future__ import annotations
 import sqlite3
 import weakref
 from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from contextvars import ContextVar
 from typing import Any
 
@@ -45,6 +45,8 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import Select, TextClause
 from sqlalchemy.sql.util import find_tables
+
+from storage.db import is_sqlite
 
 UOW_KEY = "loket.unit_of_work"
 WRITE_ONLY_KEY = "loket.write_only"
@@ -393,20 +395,15 @@ async def write_only(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     statement alone, so it raises; reads are allowed. On SQLite this is an ordinary write transaction.
     """
     async with engine.connect() as conn:
-        sqlite = engine.dialect.name == "sqlite"
+        sqlite = is_sqlite(engine)
         if not sqlite:
             await conn.execution_options(isolation_level="AUTOCOMMIT")
         conn.info[WRITE_ONLY_KEY] = True
         try:
-            async with conn.begin() if sqlite else _no_transaction(), unit_of_work(conn):
+            async with conn.begin() if sqlite else nullcontext(), unit_of_work(conn):
                 yield conn
         finally:
             conn.info.pop(WRITE_ONLY_KEY, None)
-
-
-@asynccontextmanager
-async def _no_transaction() -> AsyncIterator[None]:
-    yield
 
 
 # ---------------------------------------------------------------------- writers used by the hot path
@@ -475,7 +472,7 @@ def _autoflush(conn: Connection, clauseelement: Any, *_: Any) -> None:
     if uow.flushing:
         return
     is_select = isinstance(clauseelement, Select)
-    reads = is_select or _reads_only(clauseelement)
+    reads = _reads_only(clauseelement)
     # a SELECT of tables with no pending rows reads the same with or without a flush: keep collecting
     needs_flush = any(u.pending for u in stack) and (
         not is_select or bool(_pending_tables(stack) & _tables_read(clauseelement)))
