@@ -57,14 +57,13 @@ _EXPIRED_SQLITE = (
 )
 _EXPIRED_PG = _EXPIRED_SQLITE.with_for_update(skip_locked=True, of=outbox_items)
 _CLAIMABLE_PG = _CLAIMABLE_SQLITE.with_for_update(skip_locked=True, of=outbox_items)
-# by dialect (True: PostgreSQL), see ``one_of``
-_MARK_CLAIMED = {pg: (
+_MARK_CLAIMED = (
     update(outbox_items)
-    .where(one_of(outbox_items.c.id, "ids", postgresql=pg))
+    .where(one_of(outbox_items.c.id, "ids"))
     .values(status="sending", locked_by=bindparam("by"), locked_until=bindparam("until"),
             attempts=outbox_items.c.attempts + 1)
-) for pg in (False, True)}
-_CLAIMED_ROWS = {pg: (
+)
+_CLAIMED_ROWS = (
     select(
         outbox_items.c.id.label("outbox_id"),
         outbox_items.c.attempts,
@@ -87,9 +86,9 @@ _CLAIMED_ROWS = {pg: (
         .join(conversations, conversations.c.id == messages.c.conversation_id)
         .join(identities, identities.c.id == conversations.c.identity_id)
     )
-    .where(one_of(outbox_items.c.id, "ids", postgresql=pg))
+    .where(one_of(outbox_items.c.id, "ids"))
     .order_by(outbox_items.c.id)
-) for pg in (False, True)}
+)
 
 
 def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:
@@ -257,8 +256,8 @@ class Dispatcher:
                 ids += [r[0] for r in (await conn.execute(stmt, {"now": now, "n": limit - len(ids)})).all()]
             if not ids:
                 return []
-            await conn.execute(_MARK_CLAIMED[not sqlite], {"ids": ids, "by": self.worker_id, "until": now + self.lease})
-            rows = (await conn.execute(_CLAIMED_ROWS[not sqlite], {"ids": ids})).mappings().all()
+            await conn.execute(_MARK_CLAIMED, {"ids": ids, "by": self.worker_id, "until": now + self.lease})
+            rows = (await conn.execute(_CLAIMED_ROWS, {"ids": ids})).mappings().all()
         return [dict(r) for r in rows]
 
     def _outbound(self, row: dict[str, Any]) -> OutboundMessage:

@@ -57,14 +57,13 @@ _LAST_CHOICES = (
     .scalar_subquery()
     .label("last_choices")
 )
-# by dialect (True: PostgreSQL), as every statement here with a list parameter (``one_of``)
-_LATEST_CONVERSATIONS = {pg: select(conversations, _LAST_CHOICES).where(
+_LATEST_CONVERSATIONS = select(conversations, _LAST_CHOICES).where(
     conversations.c.id.in_(
         select(func.max(conversations.c.id))
-        .where(one_of(conversations.c.identity_id, "ids", postgresql=pg))
+        .where(one_of(conversations.c.identity_id, "ids"))
         .group_by(conversations.c.identity_id)
     )
-) for pg in (False, True)}
+)
 _EARLIER_IN = inbox_items.alias("earlier")
 # The oldest pending item of each key: pending rows in id order (index status, id), each checked with one
 # seek (index key, status, id) for an older pending item of its key. Stops after ``n``: the cost follows the
@@ -366,11 +365,7 @@ class ApplyContext:
 
 
 _UNKNOWN: Any = object()  # "the caller did not look the conversation up"
-_BUSY_KEYS = {pg: (
-    select(outbox_items.c.key)
-    .where(_unsent_reply(), one_of(outbox_items.c.key, "keys", postgresql=pg))
-    .distinct()
-) for pg in (False, True)}
+_BUSY_KEYS = select(outbox_items.c.key).where(_unsent_reply(), one_of(outbox_items.c.key, "keys")).distinct()
 
 
 @dataclass
@@ -420,7 +415,7 @@ class Pipeline:
         if room <= 0:
             return None
         if busy is None:
-            busy = {r[0] for r in (await conn.execute(_BUSY_KEYS[not is_sqlite(conn)], {"keys": keys})).all()} if keys else set()
+            busy = {r[0] for r in (await conn.execute(_BUSY_KEYS, {"keys": keys})).all()} if keys else set()
         return Handoff(worker_id=d.worker_id, until=now + d.lease, room=room, busy=busy)
 
     # ---------------------------------------------------------------- conversations
@@ -428,7 +423,7 @@ class Pipeline:
         """Each identity's newest conversation (with the choices of its last bot message), in one query."""
         if not identity_ids:
             return {}
-        rows = (await conn.execute(_LATEST_CONVERSATIONS[not is_sqlite(conn)], {"ids": identity_ids})).mappings().all()
+        rows = (await conn.execute(_LATEST_CONVERSATIONS, {"ids": identity_ids})).mappings().all()
         return {r["identity_id"]: dict(r) for r in rows}
 
     async def open_conversation(

@@ -6,11 +6,14 @@ import time
 from typing import Any
 
 import orjson
-from sqlalchemy import ARRAY, any_, bindparam, event
+from sqlalchemy import ARRAY, Boolean, any_, bindparam, event
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.visitors import InternalTraversal
 
 
 class DatabaseUnavailable(Exception):
@@ -95,14 +98,37 @@ def _ping_after_idle(engine: AsyncEngine) -> None:
             raise DisconnectionError(f"pooled connection failed its ping: {exc}") from exc
 
 
-def one_of(column: Any, name: str, *, postgresql: bool) -> Any:
-    """``column IN (:name)`` for a list parameter ``name``. On PostgreSQL ``column = ANY(:name)`` with one array
-    parameter: an expanding IN renders one placeholder per value, so every list length was another statement
-    to prepare (the driver keeps 100 per connection: on the message path, one statement in five was prepared
-    again, an extra round trip and a plan each time)."""
-    if postgresql:
-        return column == any_(bindparam(name, type_=ARRAY(column.type)))
-    return column.in_(bindparam(name, expanding=True))
+class OneOf(ColumnElement[bool]):
+    """``column IN (:name)`` for a list parameter ``name``, written once and rendered per dialect (``one_of``)."""
+
+    type = Boolean()
+    inherit_cache = True
+    _is_implicitly_boolean = True  # a comparison: no ``= 1`` around it where booleans are integers (SQLite)
+    _traverse_internals = [("column", InternalTraversal.dp_clauseelement), ("name", InternalTraversal.dp_string)]
+
+    def __init__(self, column: Any, name: str) -> None:
+        self.column = column
+        self.name = name
+
+
+@compiles(OneOf, "postgresql")
+def _one_of_postgresql(element: OneOf, compiler: Any, **kw: Any) -> str:
+    # one array parameter: an expanding IN renders one placeholder per value, so every list length was another
+    # statement to prepare (the driver keeps a few hundred per connection: on the message path, one statement in
+    # five was prepared again, an extra round trip and a plan each time)
+    return str(compiler.process(element.column == any_(bindparam(element.name, type_=ARRAY(element.column.type))),
+                                **kw))
+
+
+@compiles(OneOf)
+def _one_of_default(element: OneOf, compiler: Any, **kw: Any) -> str:
+    return str(compiler.process(element.column.in_(bindparam(element.name, expanding=True)), **kw))
+
+
+def one_of(column: Any, name: str) -> OneOf:
+    """``column IN (:name)`` for a list parameter ``name``: ``column = ANY(:name)`` with one array parameter on
+    PostgreSQL, an expanding IN elsewhere. One statement serves both databases."""
+    return OneOf(column, name)
 
 
 def is_sqlite(engine: AsyncEngine | AsyncConnection) -> bool:

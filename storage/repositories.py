@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from storage.db import is_sqlite, one_of
+from storage.db import one_of
 from storage.models import conversations, customers, identities, messages, touchpoints
 from storage.unit_of_work import insert
 
@@ -43,12 +43,11 @@ _IDENTITY_WITH_CUSTOMER = (
     .join(customers, customers.c.id == identities.c.customer_id)
     .where(identities.c.channel == bindparam("ch"), identities.c.address == bindparam("addr"))
 )
-# by dialect (True: PostgreSQL)
-_IDENTITIES_WITH_CUSTOMERS = {pg: (
+_IDENTITIES_WITH_CUSTOMERS = (
     select(identities, *[c.label(f"c_{c.name}") for c in customers.c])
     .join(customers, customers.c.id == identities.c.customer_id)
-    .where(one_of(identities.c.channel, "chs", postgresql=pg), one_of(identities.c.address, "addrs", postgresql=pg))
-) for pg in (False, True)}
+    .where(one_of(identities.c.channel, "chs"), one_of(identities.c.address, "addrs"))
+)
 _IDENTITY_COLUMNS = [c.name for c in identities.c]
 _CUSTOMER_COLUMNS = [c.name for c in customers.c]
 
@@ -63,7 +62,7 @@ async def find_identities(
         ch, addr = addresses[0]
         rows = (await conn.execute(_IDENTITY_WITH_CUSTOMER, {"ch": ch, "addr": addr})).mappings().all()
     else:
-        rows = (await conn.execute(_IDENTITIES_WITH_CUSTOMERS[not is_sqlite(conn)], {
+        rows = (await conn.execute(_IDENTITIES_WITH_CUSTOMERS, {
             "chs": sorted({ch for ch, _ in addresses}), "addrs": sorted({addr for _, addr in addresses}),
         })).mappings().all()
     wanted = set(addresses)

@@ -7,10 +7,18 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from storage.models import conversations, customers, identities, inbox_items, messages, outbox_items
+from storage.models import (
+    conversations,
+    customers,
+    identities,
+    inbox_items,
+    messages,
+    outbox_items,
+    touchpoints,
+)
 from tests.faults.chaos import Forwarded
 
 # A send answered this long before its process was SIGKILLed may still have been unrecorded (the result waits in
@@ -129,6 +137,24 @@ async def database_problems(conn: AsyncConnection, per_conversation: int, people
     final = {"telegram": "sent", "whatsapp": "delivered"}
     if any(st != final.get(ch) for ch, st in out_status):
         problems.append(f"outbound statuses {out_status} (Telegram should be sent, WhatsApp delivered)")
+    # the timeline has no foreign keys (migration 0004_core): every touchpoint must still name a real customer,
+    # conversation and message, and every stored message must be on it once
+    t = touchpoints.c
+    orphans = (await conn.execute(
+        select(func.count()).select_from(
+            touchpoints.outerjoin(customers, customers.c.id == t.customer_id)
+            .outerjoin(conversations, c.id == t.conversation_id)
+            .outerjoin(messages, m.id == t.message_id))
+        .where(or_(customers.c.id.is_(None), and_(t.conversation_id.is_not(None), c.id.is_(None)),
+                   and_(t.message_id.is_not(None), m.id.is_(None))))
+    )).scalar_one()
+    if orphans:
+        problems.append(f"{orphans} touchpoints name a customer, conversation or message that does not exist")
+    on_timeline = dict((await conn.execute(
+        select(t.kind, func.count()).where(t.kind.in_(("message_in", "message_out"))).group_by(t.kind))).all())
+    stored = {f"message_{d}": sum(n for (_, d2, _), n in statuses.items() if d2 == d) for d in ("in", "out")}
+    if {k: on_timeline.get(k, 0) for k in stored} != stored:
+        problems.append(f"timeline message touchpoints {on_timeline}, messages stored {stored}")
     unknown = [pid for ch, pid in recorded if pid not in provider_ids.get(ch, set())]
     if unknown:
         problems.append(f"{len(unknown)} outbound messages record a provider id the fake never issued: {unknown[:5]}")
