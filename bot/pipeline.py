@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, cast, exists, func, select, true, update
+from sqlalchemy import and_, bindparam, case, cast, exists, false, func, literal, null, select, true, update
 from sqlalchemy.dialects.postgresql import ARRAY, REGCLASS
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -99,22 +99,20 @@ _OLDER_PENDING = (
            inbox_items.c.key.in_(bindparam("keys", expanding=True)))
     .distinct()
 )
-# PostgreSQL, one round trip to store a batch and check it: the rows go in from one array per column
-# (duplicates of an earlier delivery skipped), and for each new row: whether an older item of its key is still
-# pending, whether an unsent reply of its key is waiting (the handoff's busy keys), and the advisory lock that
-# lets only one process route the key now. The checks read the statement's snapshot, which does not hold the
-# rows it inserts: "older" means stored before this batch. The text is the same whatever the batch size.
-_INBOX_COLUMNS = ("channel", "provider_message_id", "key", "payload", "status", "attempts", "last_error",
-                  "received_at", "processed_at")
-_STORED = (
-    pg_insert(inbox_items)
-    .from_select(list(_INBOX_COLUMNS), select(func.unnest(*[
-        bindparam(c, type_=ARRAY(inbox_items.c[c].type)) for c in _INBOX_COLUMNS
-    ]).table_valued(*_INBOX_COLUMNS).render_derived()))
-    .on_conflict_do_nothing()
-    .returning(inbox_items.c.id, inbox_items.c.channel, inbox_items.c.provider_message_id, inbox_items.c.key)
-    .cte("stored")
-)
+# PostgreSQL, one round trip to store a batch, check it and decide which of its messages this transaction routes:
+# the rows go in from one array per column (duplicates of an earlier delivery skipped). The first message of each
+# conversation key in the batch is checked: is an older item of its key still pending, is an unsent reply of its
+# key waiting (the handoff's busy keys), and then (only if nothing older waits) the advisory lock that lets one
+# process route the key now. A message that passes goes in already ``done`` (this transaction routes it, or rolls
+# back with it: no second write of the row); the rest go in ``pending`` for the claim loop. The checks read the
+# statement's snapshot, which does not hold the rows it inserts: "older" means stored before this batch. The
+# text is the same whatever the batch size.
+_INBOX_COLUMNS = ("channel", "provider_message_id", "key", "payload", "received_at")
+_INCOMING = select(func.unnest(*[
+    bindparam(c, type_=ARRAY(inbox_items.c[c].type)) for c in _INBOX_COLUMNS
+]).table_valued(*_INBOX_COLUMNS, with_ordinality="n").render_derived()).cte("incoming")
+_HEADS = (select(_INCOMING.c.key, func.min(_INCOMING.c.n).label("n"))
+          .group_by(_INCOMING.c.key).cte("heads"))
 
 
 def _next_ids(table: Any) -> Any:
@@ -130,15 +128,43 @@ def _probe(table: Any, condition: Any) -> Any:
     return select(table.c.id).where(condition).offset(0).exists()
 
 
+_CHECKED = select(
+    _HEADS.c.key, _HEADS.c.n,
+    _probe(inbox_items, _older_pending(true(), _HEADS.c.key)).label("older"),
+    _probe(outbox_items, _unsent_reply(_HEADS.c.key)).label("waiting"),
+).offset(0).cte("checked")  # the fence: each key probed once, before its lock is tried
+_LOCKED = select(
+    _CHECKED,
+    case((_CHECKED.c.older, false()), else_=func.pg_try_advisory_xact_lock(func.hashtext(_CHECKED.c.key)))
+    .label("locked"),
+).offset(0).cte("locked")
+_ROUTE_NOW = and_(_LOCKED.c.n == _INCOMING.c.n, _LOCKED.c.locked)
+_STORED = (
+    pg_insert(inbox_items)
+    .from_select(
+        ["channel", "provider_message_id", "key", "payload", "received_at", "status", "attempts", "last_error",
+         "processed_at"],
+        select(
+            _INCOMING.c.channel, _INCOMING.c.provider_message_id, _INCOMING.c.key, _INCOMING.c.payload,
+            _INCOMING.c.received_at,
+            case((_ROUTE_NOW, literal("done")), else_=literal("pending")),
+            case((_ROUTE_NOW, literal(1)), else_=literal(0)),
+            null(),
+            case((_ROUTE_NOW, _INCOMING.c.received_at), else_=null()),
+        ).select_from(_INCOMING.join(_LOCKED, _LOCKED.c.key == _INCOMING.c.key)).order_by(_INCOMING.c.n),
+    )
+    .on_conflict_do_nothing()
+    .returning(inbox_items.c.id, inbox_items.c.channel, inbox_items.c.provider_message_id, inbox_items.c.key,
+               inbox_items.c.status)
+    .cte("stored")
+)
 # ... and, in the same round trip, the ids a routed message usually needs: its own message row, one reply and
 # the reply's outbox row (handed to the unit of work; what routing does not use is a gap in the sequence).
 _STORE_AND_CHECK_PG = select(
-    _STORED.c.id, _STORED.c.channel, _STORED.c.provider_message_id, _STORED.c.key,
-    _probe(inbox_items, _older_pending(true(), _STORED.c.key)),
-    _probe(outbox_items, _unsent_reply(_STORED.c.key)),
-    func.pg_try_advisory_xact_lock(func.hashtext(_STORED.c.key)),
+    _STORED.c.id, _STORED.c.channel, _STORED.c.provider_message_id, _STORED.c.key, _STORED.c.status,
+    _LOCKED.c.older, _LOCKED.c.waiting, _LOCKED.c.locked,
     _next_ids(messages), _next_ids(messages), _next_ids(outbox_items),
-)
+).select_from(_STORED.join(_LOCKED, _LOCKED.c.key == _STORED.c.key))
 
 
 @dataclass
@@ -270,15 +296,19 @@ class InboxWriter:
         """PostgreSQL: store and check the batch in one statement (``_STORE_AND_CHECK_PG``), then route it."""
         params = {c: [r[c] for r in rows] for c in _INBOX_COLUMNS}
         stored: dict[tuple[str, str], int] = {}
-        checks: dict[str, tuple[bool, bool, bool]] = {}
+        done: set[int] = set()
+        busy: set[str] = set()
         ids: dict[Any, list[int]] = {messages: [], outbox_items: []}
-        for pk, channel, pmid, key, older, waiting, locked, m1, m2, o in (
+        for pk, channel, pmid, key, status, _, waiting, _, m1, m2, o in (
                 await conn.execute(_STORE_AND_CHECK_PG, params)).all():
             stored[(channel, pmid)] = pk
-            checks[key] = (older, waiting, locked)
+            if status == "done":
+                done.add(pk)
+            if waiting:
+                busy.add(key)
             ids[messages] += (m1, m2)
             ids[outbox_items].append(o)
-        routed = await router.route_fresh(conn, _fresh(batch, stored), checks, ids)
+        routed = await router.route_fresh(conn, _fresh(batch, stored), done_at_store=done, busy=busy, ids=ids)
         fault("before_route_commit")
         return stored, routed
 
@@ -872,12 +902,13 @@ class RouterWorker:
             handoff = await self.pipeline.handoff_for(conn, [i["key"] for i in items], now, busy)
             await self.pipeline.handle_batch(conn, [i["msg"] for i in items], per_item, handoff)
             for item in items:
-                await update_row(conn, inbox_items, item["id"],
-                                 {"status": "done", "processed_at": now, "attempts": item["attempts"] + 1})
+                if not item.get("done"):  # (stored as done already by the statement that stored it)
+                    await update_row(conn, inbox_items, item["id"],
+                                     {"status": "done", "processed_at": now, "attempts": item["attempts"] + 1})
         return Routed(items=len(items), events=[e for evs in per_item for e in evs], handoff=handoff)
 
-    async def route_fresh(self, conn: AsyncConnection, fresh: list[dict[str, Any]],
-                          checks: dict[str, tuple[bool, bool, bool]] | None = None,
+    async def route_fresh(self, conn: AsyncConnection, fresh: list[dict[str, Any]], *,
+                          done_at_store: set[int] | None = None, busy: set[str] | None = None,
                           ids: dict[Any, list[int]] | None = None) -> Routed:
         """Route messages just inserted in ``conn``'s transaction that are next in their conversation.
 
@@ -886,28 +917,28 @@ class RouterWorker:
         messages of one conversation at the same moment cannot see each other's rows yet: an advisory lock
         on the key lets only one of them route it.
 
-        ``checks`` (PostgreSQL, read by the statement that stored the batch): per key, (an older item is
-        pending, an unsent reply is waiting, the advisory lock was taken); ``ids``: sequence values that
-        statement fetched for the routing.
+        ``done_at_store`` (PostgreSQL): the ids the statement that stored the batch already inserted as ``done``
+        after checking their conversations and taking their locks; exactly those are routed here, and a failure
+        rolls them back with everything else. ``busy``: the keys with an unsent reply, read by that statement;
+        ``ids``: sequence values it fetched for the routing.
         """
         routed = Routed()
         if not fresh:
             return routed
-        busy: set[str] | None = None
-        if checks is None:
+        if done_at_store is None:
             keys = sorted({f["key"] for f in fresh})
             stored = [f["id"] for f in fresh]
             blocked = {r[0] for r in (await conn.execute(_OLDER_PENDING, {"keys": keys, "ids": stored})).all()}
+            heads: list[dict[str, Any]] = []
+            for f in fresh:
+                if f["key"] in blocked:
+                    routed.left_pending += 1
+                    continue
+                blocked.add(f["key"])  # a later message of this conversation in the batch waits for the claim loop
+                heads.append(f)
         else:
-            blocked = {k for k, (older, _, locked) in checks.items() if older or not locked}
-            busy = {k for k, (_, waiting, _) in checks.items() if waiting}
-        heads: list[dict[str, Any]] = []
-        for f in fresh:
-            if f["key"] in blocked:
-                routed.left_pending += 1
-                continue
-            blocked.add(f["key"])  # a later message of this conversation in the batch waits for the claim loop
-            heads.append(f)
+            heads = [{**f, "done": True} for f in fresh if f["id"] in done_at_store]
+            routed.left_pending = len(fresh) - len(heads)
         if heads:
             done = await self.route_items(conn, heads, busy, ids)
             done.left_pending = routed.left_pending
