@@ -162,8 +162,7 @@ _STORED = (
 # the reply's outbox row (handed to the unit of work; what routing does not use is a gap in the sequence).
 _STORE_AND_CHECK_PG = select(
     _STORED.c.id, _STORED.c.channel, _STORED.c.provider_message_id, _STORED.c.key, _STORED.c.status,
-    _LOCKED.c.older, _LOCKED.c.waiting, _LOCKED.c.locked,
-    _next_ids(messages), _next_ids(messages), _next_ids(outbox_items),
+    _LOCKED.c.waiting, _next_ids(messages), _next_ids(messages), _next_ids(outbox_items),
 ).select_from(_STORED.join(_LOCKED, _LOCKED.c.key == _STORED.c.key))
 
 
@@ -299,7 +298,7 @@ class InboxWriter:
         done: set[int] = set()
         busy: set[str] = set()
         ids: dict[Any, list[int]] = {messages: [], outbox_items: []}
-        for pk, channel, pmid, key, status, _, waiting, _, m1, m2, o in (
+        for pk, channel, pmid, key, status, waiting, m1, m2, o in (
                 await conn.execute(_STORE_AND_CHECK_PG, params)).all():
             stored[(channel, pmid)] = pk
             if status == "done":
