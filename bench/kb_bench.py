@@ -59,10 +59,12 @@ def banking(embedder: object, limit: int | None) -> list[str]:
         rep = report(score_rows(kb.ranker, test, "en"), kb.threshold)
         label = "full" if shots is None else f"{shots}-shot"
         pac = ", ".join(f"{int(c * 100)}%: {p:.2%}" for c, p in rep.precision_at_coverage.items())
+        tokens = kb.ranker.indexes["en"].tokens
+        late = f"; {tokens.size:,} late-interaction vectors ({tokens.vectors.nbytes / 1e6:.0f} MB)" if tokens else ""
         out.append(f"  {label}: accuracy {rep.accuracy:.2%}; precision at coverage {pac}; threshold "
                    f"{rep.threshold:.3f} → coverage {rep.coverage_at_threshold:.2%}, precision "
                    f"{rep.precision_at_threshold:.2%}; latency p50 {rep.latency_p50_ms:.1f} ms, p99 "
-                   f"{rep.latency_p99_ms:.1f} ms; build {build:.0f} s")
+                   f"{rep.latency_p99_ms:.1f} ms; build {build:.0f} s{late}")
         print(out[-1], flush=True)
     return out
 

@@ -180,3 +180,77 @@ class Softmax:
         out = np.full(self.n_classes, -np.inf, np.float32)
         out[self.classes] = z
         return out
+
+
+def merge_near_duplicates(vectors: np.ndarray, threshold: float, chunk: int = 256) -> np.ndarray:
+    """Unit-length rows with near-duplicates merged: going in order, a row whose cosine with a row kept before
+    reaches ``threshold`` is added to the most similar kept row instead of being kept; the sums are scaled back to
+    unit length. Chunked, so memory stays (kept × chunk) however many rows there are."""
+    rows = np.asarray(vectors, dtype=np.float32)
+    if len(rows) == 0 or threshold >= 1.0:
+        return np.ascontiguousarray(rows)
+    dim = rows.shape[1]
+    kept = np.zeros((0, dim), np.float32)  # the first row of each group: what later rows are compared with
+    sums = np.zeros((0, dim), np.float32)
+    for start in range(0, len(rows), chunk):
+        block = rows[start:start + chunk]
+        if len(kept):
+            sim = block @ kept.T
+            best = sim.argmax(axis=1)
+            near = sim[np.arange(len(block)), best] >= threshold
+            np.add.at(sums, best[near], block[near])
+            block = block[~near]
+        owner, firsts = _greedy_groups(block, threshold)
+        added = np.zeros((len(firsts), dim), np.float32)
+        np.add.at(added, owner, block)
+        kept = np.vstack([kept, block[firsts]])
+        sums = np.vstack([sums, added])
+    return sums / np.linalg.norm(sums, axis=1, keepdims=True)
+
+
+def _greedy_groups(rows: np.ndarray, threshold: float) -> tuple[np.ndarray, list[int]]:
+    """For each row, the group it joins (the first earlier group leader it is close enough to, else its own)."""
+    sim = rows @ rows.T
+    owner = np.zeros(len(rows), np.int64)
+    firsts: list[int] = []
+    for i in range(len(rows)):
+        if firsts:
+            j = int(np.argmax(sim[i, firsts]))
+            if sim[i, firsts[j]] >= threshold:
+                owner[i] = j
+                continue
+        owner[i] = len(firsts)
+        firsts.append(i)
+    return owner, firsts
+
+
+class TokenIndex:
+    """Late interaction (ColBERT's MaxSim, over the frozen sentence encoder's contextual token vectors): an
+    article's score for a query is the mean, over the query's tokens, of the best cosine with any token of the
+    article's title and example questions. One block of unit-length rows per article, float32 (float16 would
+    halve the memory but converting the candidates' blocks per query cost more than the rest of the scoring)."""
+
+    def __init__(self, blocks: Sequence[np.ndarray], dim: int) -> None:
+        sizes = [len(b) for b in blocks]
+        self.starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.int64)
+        filled = [b for b in blocks if len(b)]
+        self.vectors = (np.ascontiguousarray(np.concatenate(filled), dtype=np.float32) if filled
+                        else np.zeros((0, dim), np.float32))
+
+    @property
+    def size(self) -> int:
+        return len(self.vectors)
+
+    def block(self, article: int) -> np.ndarray:
+        return self.vectors[self.starts[article]:self.starts[article + 1]]
+
+    def scores(self, query: np.ndarray, articles: np.ndarray) -> np.ndarray:
+        """MaxSim of the query's token vectors (unit-length rows) for each of ``articles``; 0 without tokens."""
+        out = np.zeros(len(articles), np.float32)
+        if len(query) == 0:
+            return out
+        for k, a in enumerate(articles.tolist()):
+            block = self.block(a)
+            if len(block):
+                out[k] = float((query @ block.T).max(axis=1).mean())
+        return out

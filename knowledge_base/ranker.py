@@ -3,8 +3,10 @@
 An index is built per language from the published articles. Each article contributes *units* (its title and
 each example question) and one long document (title, questions, tags, body). For a query we gather candidates
 from BM25 (units and documents), the classifier and the vectors, compute per-article evidence in [0, 1] and
-fuse it into one score; the confidence is a logistic function of the best score and its margin over the
-second, with coefficients that ``fit_calibration`` learns from held-out questions.
+fuse it into one score; the confidence is a logistic function of the best score, its margin over the second
+and a few more signals (``CONFIDENCE_FEATURES``), with coefficients that ``fit_calibration`` learns from
+held-out questions. With vectors, the classifiers' log-probabilities of the best few articles also get the
+articles' late-interaction score (token-level MaxSim, ``features.TokenIndex``) from the same forward pass.
 
 Nothing here touches the database: ``Doc`` in, ``Hit`` out.
 """
@@ -20,7 +22,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from knowledge_base.analyzer import analyze, normalize
-from knowledge_base.features import BM25, EMPTY, Softmax, TermVectors, Vector
+from knowledge_base.features import (
+    BM25,
+    EMPTY,
+    Softmax,
+    TermVectors,
+    TokenIndex,
+    Vector,
+    merge_near_duplicates,
+)
 from knowledge_base.semantic import Embedder
 
 log = logging.getLogger("loket.kb")
@@ -45,6 +55,15 @@ LEARN_MAX_UNITS = 60_000  # above this the classifiers are not trained (lexical 
 CHAR_MAX_UNITS = 60_000
 UNIT_CANDIDATES = 50  # BM25 best example questions whose articles become candidates
 DOC_CANDIDATES = 20
+# Late interaction: the MaxSim of the LATE_CANDIDATES articles the classifiers like best, times LATE_WEIGHT, is
+# added to their log-probabilities. An article's token vectors closer than LATE_MERGE (cosine) are merged when
+# the index is built (about 40 % are left on BANKING77, at no loss: ~4.6 float32 vectors, 7 KB, per example
+# question). Chosen on development splits of the BANKING77 training part. Above LATE_MAX_UNITS example
+# questions (~140 MB of token vectors) an index has no late interaction.
+LATE_WEIGHT = 20.0
+LATE_CANDIDATES = 5
+LATE_MERGE = 0.8
+LATE_MAX_UNITS = 20_000
 
 
 @dataclass(frozen=True)
@@ -80,19 +99,38 @@ class Result:
         return self.hits[0] if self.hits else None
 
 
-# What the confidence is computed from: the best fused score, its margin over the second, the share of the
-# query's terms the best article contains, the classifier's own probability for it, and whether the lexical
-# and the embedding classifier agree on it (1.0 when there is only one).
-CONFIDENCE_FEATURES = ("top", "margin", "cover", "prob", "agree")
+# What the confidence is computed from: the best fused score and its margin over the second; the share of the
+# query's terms the best article contains; the classifiers' probability for it (as a logit: near-certain
+# answers differ there) and its margin over the next hit's; whether the lexical and the embedding classifier
+# agree on it (1.0 when there is only one); its late-interaction score and margin over the other hits'; whether
+# the example question nearest by embedding belongs to it. Signals a knowledge base lacks count as 0 (or 1.0).
+CONFIDENCE_FEATURES = ("top", "margin", "cover", "prob_logit", "agree", "prob_margin", "late", "late_margin",
+                       "nearest")
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-6), 1.0 - 1e-6)
+    return math.log(p / (1.0 - p))
 
 
 def confidence_features(hits: Sequence[Hit]) -> tuple[float, ...]:
     if not hits:
         return (0.0,) * len(CONFIDENCE_FEATURES)
-    top = hits[0]
-    second = hits[1].score if len(hits) > 1 else 0.0
+    top, rest = hits[0], hits[1:]
     ev = top.evidence
-    return (top.score, top.score - second, ev.get("cover", 1.0), ev.get("prob", top.score), ev.get("agree", 1.0))
+    prob = ev.get("prob", top.score)
+    late = ev.get("late", 0.0)
+    return (
+        top.score,
+        top.score - (rest[0].score if rest else 0.0),
+        ev.get("cover", 1.0),
+        _logit(prob),
+        ev.get("agree", 1.0),
+        prob - max((h.evidence.get("prob", h.score) for h in rest), default=0.0),
+        late,
+        late - max((h.evidence.get("late", 0.0) for h in rest), default=0.0),
+        ev.get("nearest", 0.0),
+    )
 
 
 @dataclass
@@ -100,7 +138,7 @@ class Calibration:
     """confidence = sigmoid(w · features + bias) over ``CONFIDENCE_FEATURES``; the defaults are hand-set for
     knowledge bases without held-out questions, ``fit_calibration`` learns them from held-out questions."""
 
-    weights: tuple[float, ...] = (9.0, 5.0, 3.5, 0.0, 0.0)
+    weights: tuple[float, ...] = (9.0, 5.0, 3.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
     bias: float = -7.0
 
     def __call__(self, features: Sequence[float]) -> float:
@@ -110,7 +148,10 @@ class Calibration:
 
 class LanguageIndex:
     def __init__(self, docs: list[Doc], language: str, embedder: Embedder | None = None,
-                 learn: bool = True, weights: dict[str, float] | None = None) -> None:
+                 learn: bool = True, weights: dict[str, float] | None = None,
+                 previous: LanguageIndex | None = None) -> None:
+        """``previous``: the index this one replaces; articles whose title and questions did not change keep its
+        token vectors instead of being encoded again."""
         t0 = time.perf_counter()
         self.language = language
         self.docs = docs
@@ -144,7 +185,10 @@ class LanguageIndex:
         if unit_texts and len(unit_texts) <= CHAR_MAX_UNITS:
             self.char = TermVectors(unit_texts, "char", preprocessor=normalize)
         self.unit_emb: np.ndarray | None = None
+        self.tokens: TokenIndex | None = None
         if embedder is not None and unit_texts:
+            if len(unit_texts) <= LATE_MAX_UNITS:
+                self.tokens = self._token_index(embedder, previous)
             self.unit_emb = embedder.encode(unit_texts)
         counts = np.bincount(self.unit_article, minlength=max(self.n, 1)) if self.n else np.zeros(1)
         few = float(np.median(counts)) < FEW_EXAMPLES
@@ -172,6 +216,35 @@ class LanguageIndex:
         total = sum(w.values()) or 1.0
         self.weights = {k: v / total for k, v in w.items()}
         self.build_seconds = time.perf_counter() - t0
+
+    def _article_units(self) -> list[tuple[int, tuple[str, ...]]]:
+        """Each article with units and its unit texts (an article's units are contiguous)."""
+        bounds = np.append(self._unit_starts, len(self.unit_texts)).tolist()
+        return [(a, tuple(self.unit_texts[lo:hi]))
+                for a, lo, hi in zip(self._with_units.tolist(), bounds[:-1], bounds[1:], strict=True)]
+
+    def _token_index(self, embedder: Embedder, previous: LanguageIndex | None) -> TokenIndex:
+        """Each article's token vectors, near-duplicates merged; unchanged articles' taken from ``previous``."""
+        known = previous.token_blocks() if previous is not None and previous.embedder is embedder else {}
+        articles = self._article_units()
+        todo = [(a, units) for a, units in articles if units not in known]
+        texts = [t for _, units in todo for t in units]
+        _, vecs = embedder.encode_tokens(texts)
+        dim = vecs[0].shape[1] if vecs else next((b.shape[1] for b in known.values()), 384)
+        blocks = [np.zeros((0, dim), np.float32)] * self.n
+        for a, units in articles:
+            blocks[a] = known.get(units, np.zeros((0, dim), np.float32))
+        at = 0
+        for a, units in todo:
+            blocks[a] = merge_near_duplicates(np.concatenate(vecs[at:at + len(units)]), LATE_MERGE)
+            at += len(units)
+        return TokenIndex(blocks, dim)
+
+    def token_blocks(self) -> dict[tuple[str, ...], np.ndarray]:
+        """Token vectors per article, keyed by the article's unit texts (for the next index to reuse)."""
+        if self.tokens is None:
+            return {}
+        return {units: self.tokens.block(a) for a, units in self._article_units()}
 
     @staticmethod
     def _bm25(tokens: list[list[str]]) -> BM25 | None:
@@ -202,12 +275,11 @@ class LanguageIndex:
             return []
         idx = np.flatnonzero(cand)
         score = np.zeros(len(idx))
-        evidence: dict[str, np.ndarray] = {}
+        evidence = {name: vals[idx] for name, vals in per_article.items()}
         for name, weight in self.weights.items():
-            if weight and name in per_article:
-                vals = per_article[name][idx]
-                evidence[name] = vals
-                score += weight * vals
+            if weight and name in evidence:
+                score += weight * evidence[name]
+        nearest = int(np.argmax(per_article["sem"])) if "sem" in per_article else -1
         top_k = np.argsort(-score, kind="stable")[:k]
         q_set = set(q_tokens)
         hits = []
@@ -218,6 +290,8 @@ class LanguageIndex:
             if prob is not None:
                 ev["prob"] = round(float(prob[i]), 4)
                 ev["agree"] = float(agree == i) if agree is not None else 1.0
+            if nearest >= 0:
+                ev["nearest"] = float(nearest == i)
             hits.append(Hit(self.docs[i].id, self.docs[i].title, float(score[o]), ev))
         return hits
 
@@ -227,8 +301,14 @@ class LanguageIndex:
         and, when there are two classifiers, the article the lexical one prefers (to check agreement)."""
         word_q = self.word.query(q_tokens) if self.word is not None else EMPTY
         char_q = self.char.query(query) if self.char is not None else EMPTY
-        sem_q = (self.embedder.encode([query[:MAX_QUERY_CHARS]])[0]
-                 if self.unit_emb is not None and self.embedder is not None else None)
+        sem_q: np.ndarray | None = None
+        q_vecs: np.ndarray | None = None
+        if self.unit_emb is not None and self.embedder is not None:
+            if self.tokens is not None:
+                sems, vecs = self.embedder.encode_tokens([query[:MAX_QUERY_CHARS]])
+                sem_q, q_vecs = sems[0], vecs[0]
+            else:
+                sem_q = self.embedder.encode([query[:MAX_QUERY_CHARS]])[0]
         per_article: dict[str, np.ndarray] = {}
         if len(word_q[0]) and self.word is not None:
             per_article["word"] = self._max_per_article(self.word.similarities(word_q)) * self._known_share(q_tokens)
@@ -250,6 +330,10 @@ class LanguageIndex:
                 log_p = (1.0 - self.emb_mix) * log_p + self.emb_mix * log_e
             else:
                 log_p = log_e
+        if log_p is not None and self.tokens is not None and q_vecs is not None:
+            late = self._late(q_vecs, log_p)
+            per_article["late"] = late
+            log_p = log_p + LATE_WEIGHT * late
         prob: np.ndarray | None = None
         if log_p is not None:
             prob = np.exp(log_p - log_p.max())
@@ -260,6 +344,16 @@ class LanguageIndex:
             # the probabilities always sum to 1; scale them by how similar the text really is
             per_article["clf"] = prob * (np.maximum.reduce(sims) if sims else 0.0)
         return per_article, prob, agree
+
+    def _late(self, q_vecs: np.ndarray, log_p: np.ndarray) -> np.ndarray:
+        """Late-interaction score per article: computed for the classifiers' best candidates, the lowest of
+        those for every other article (so adding it never lifts an article that was not scored)."""
+        assert self.tokens is not None
+        top = self._top(log_p, LATE_CANDIDATES)
+        scores = self.tokens.scores(q_vecs, top)
+        out = np.full(self.n, float(scores.min()) if len(scores) else 0.0, np.float32)
+        out[top] = scores
+        return out
 
     def _known_share(self, tokens: list[str]) -> float:
         """Cosine over known terms ignores words the articles never use; count them as missing evidence."""
@@ -298,15 +392,18 @@ class Ranker:
 
     def __init__(self, docs: list[Doc], embedder: Embedder | None = None, learn: bool = True,
                  calibration: Calibration | None = None, weights: dict[str, float] | None = None,
-                 semantic_languages: tuple[str, ...] = SEMANTIC_LANGUAGES) -> None:
+                 semantic_languages: tuple[str, ...] = SEMANTIC_LANGUAGES, previous: Ranker | None = None) -> None:
+        """``previous``: the ranker this one replaces, whose token vectors of unchanged articles are reused."""
         t0 = time.perf_counter()
         self.embedder = embedder
         self.calibration = calibration or Calibration()
         by_lang: dict[str, list[Doc]] = {}
         for d in docs:
             by_lang.setdefault(d.language, []).append(d)
-        self.indexes = {
-            lang: LanguageIndex(ds, lang, embedder if lang in semantic_languages else None, learn, weights)
+        before: dict[str, LanguageIndex] = previous.indexes if previous is not None else {}
+        self.indexes: dict[str, LanguageIndex] = {
+            lang: LanguageIndex(ds, lang, embedder if lang in semantic_languages else None, learn, weights,
+                                before.get(lang))
             for lang, ds in by_lang.items()
         }
         self.docs = {d.id: d for d in docs}

@@ -60,6 +60,30 @@ class Embedder:
                                                         show_progress_bar=False), dtype=np.float32)
         return np.stack([self._cache[t] for t in texts]) if texts else np.zeros((0, 384), np.float32)
 
+    def encode_tokens(self, texts: list[str], batch_size: int = 64) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Sentence vectors and each text's token vectors (see ``token_vectors``) from one forward pass. The
+        sentence vectors join the cache; token vectors (about fifteen per text) are not cached."""
+        if not texts:
+            return np.zeros((0, 384), np.float32), []
+        outs = self.model.encode(texts, batch_size=batch_size, output_value=None, show_progress_bar=False)
+        sentences = np.stack([np.asarray(o["sentence_embedding"], dtype=np.float32) for o in outs])
+        sentences /= np.maximum(np.linalg.norm(sentences, axis=1, keepdims=True), 1e-12)
+        for t, v in zip(texts, sentences, strict=True):
+            if len(self._cache) < 200_000:
+                self._cache[t] = v
+        tokens = [token_vectors(np.asarray(o["token_embeddings"], dtype=np.float32), np.asarray(o["attention_mask"]))
+                  for o in outs]
+        return sentences, tokens
+
+
+def token_vectors(token_embeddings: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+    """One text's token vectors for late interaction: padding and the [CLS]/[SEP] markers dropped (unless nothing
+    else is left), each row scaled to unit length."""
+    vecs = token_embeddings[np.asarray(attention_mask).astype(bool)]
+    if len(vecs) > 2:
+        vecs = vecs[1:-1]
+    return (vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
 
 def load_embedder(env: dict[str, str] | None = None) -> Embedder | None:
     """The shared embedder, or None (lexical search only) with a single warning explaining why."""

@@ -101,7 +101,7 @@ class KnowledgeBase:
             if ranker is None:
                 langs = tuple(x.strip() for x in (self.env.get("LOKET_KB_SEMANTIC_LANGUAGES") or "en").split(","))
                 ranker = await asyncio.to_thread(Ranker, docs, embedder=embedder, calibration=self.calibration,
-                                                 semantic_languages=langs)
+                                                 semantic_languages=langs, previous=self.ranker)
             self.ranker, self.version = ranker, version
             log.info("knowledge base index: %d articles (%s), version %d, built %s in %.2fs%s", len(docs),
                      ", ".join(ranker.languages) or "-", version, where, time.perf_counter() - t0,
