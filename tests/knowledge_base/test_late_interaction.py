@@ -142,3 +142,16 @@ def test_rebuild_encodes_only_changed_articles(embedder: Embedder) -> None:
     other = Embedder(FakeModel(), "other")
     Ranker(docs, embedder=other, previous=second)
     assert len(other.model.encoded) >= sum(1 + len(d.questions) for d in docs)
+
+
+def test_above_the_bound_an_index_has_no_token_vectors(embedder: Embedder, monkeypatch: pytest.MonkeyPatch) -> None:
+    import knowledge_base.ranker as ranker_module
+
+    monkeypatch.setattr(ranker_module, "LATE_MAX_UNITS", 5)  # fewer than the 16 titles and questions of DOCS
+    ranker = Ranker(DOCS, embedder=embedder)
+    index = ranker.indexes["en"]
+    assert index.tokens is None and index.unit_emb is not None  # sentence vectors stay
+    res = ranker.search("my card was stolen yesterday", "en")
+    assert res.top is not None and res.top.id == "lost-card"
+    assert "late" not in res.top.evidence and "sem" in res.top.evidence
+    assert ranker.indexes["en"].token_blocks() == {}
