@@ -31,7 +31,7 @@ from knowledge_base.features import (
     Vector,
     merge_near_duplicates,
 )
-from knowledge_base.semantic import Embedder
+from knowledge_base.semantic import DIM, Embedder
 
 log = logging.getLogger("loket.kb")
 
@@ -230,10 +230,11 @@ class LanguageIndex:
         todo = [(a, units) for a, units in articles if units not in known]
         texts = [t for _, units in todo for t in units]
         _, vecs = embedder.encode_tokens(texts)
-        dim = vecs[0].shape[1] if vecs else next((b.shape[1] for b in known.values()), 384)
-        blocks = [np.zeros((0, dim), np.float32)] * self.n
+        dim = vecs[0].shape[1] if vecs else next((b.shape[1] for b in known.values()), DIM)
+        empty = np.zeros((0, dim), np.float32)
+        blocks = [empty] * self.n
         for a, units in articles:
-            blocks[a] = known.get(units, np.zeros((0, dim), np.float32))
+            blocks[a] = known.get(units, empty)
         at = 0
         for a, units in todo:
             blocks[a] = merge_near_duplicates(np.concatenate(vecs[at:at + len(units)]), LATE_MERGE)

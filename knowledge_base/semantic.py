@@ -19,6 +19,8 @@ log = logging.getLogger("loket.kb")
 _lock = threading.Lock()
 _models: dict[str, Any] = {}
 _warned: set[str] = set()
+DIM = 384  # all-MiniLM-L6-v2's vector size (what an empty batch has)
+CACHE_TEXTS = 200_000  # sentence vectors kept per embedder (~300 MB at most)
 
 
 def _warn_once(key: str, message: str) -> None:
@@ -40,37 +42,40 @@ def model_path(env: dict[str, str] | None = None) -> str | None:
 
 
 class Embedder:
-    """Sentence embeddings (L2-normalised float32), cached per text."""
+    """Sentence embeddings (L2-normalised float32), cached per text (up to ``CACHE_TEXTS`` texts)."""
 
     def __init__(self, model: Any, name: str) -> None:
         self.model = model
         self.name = name
         self._cache: dict[str, np.ndarray] = {}
 
+    def _remember(self, text: str, vector: np.ndarray) -> None:
+        if len(self._cache) < CACHE_TEXTS:
+            self._cache[text] = vector
+
     def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, DIM), np.float32)
         missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
+        fresh: dict[str, np.ndarray] = {}
         if missing:
             vecs = self.model.encode(missing, batch_size=batch_size, normalize_embeddings=True,
                                      show_progress_bar=False, convert_to_numpy=True)
             for t, v in zip(missing, vecs, strict=True):
-                if len(self._cache) < 200_000:
-                    self._cache[t] = v.astype(np.float32)
-                else:
-                    return np.asarray(self.model.encode(texts, batch_size=batch_size, normalize_embeddings=True,
-                                                        show_progress_bar=False), dtype=np.float32)
-        return np.stack([self._cache[t] for t in texts]) if texts else np.zeros((0, 384), np.float32)
+                fresh[t] = v.astype(np.float32)
+                self._remember(t, fresh[t])
+        return np.stack([fresh[t] if t in fresh else self._cache[t] for t in texts])
 
     def encode_tokens(self, texts: list[str], batch_size: int = 64) -> tuple[np.ndarray, list[np.ndarray]]:
         """Sentence vectors and each text's token vectors (see ``token_vectors``) from one forward pass. The
         sentence vectors join the cache; token vectors (about fifteen per text) are not cached."""
         if not texts:
-            return np.zeros((0, 384), np.float32), []
+            return np.zeros((0, DIM), np.float32), []
         outs = self.model.encode(texts, batch_size=batch_size, output_value=None, show_progress_bar=False)
         sentences = np.stack([np.asarray(o["sentence_embedding"], dtype=np.float32) for o in outs])
         sentences /= np.maximum(np.linalg.norm(sentences, axis=1, keepdims=True), 1e-12)
         for t, v in zip(texts, sentences, strict=True):
-            if len(self._cache) < 200_000:
-                self._cache[t] = v
+            self._remember(t, v)
         tokens = [token_vectors(np.asarray(o["token_embeddings"], dtype=np.float32), np.asarray(o["attention_mask"]))
                   for o in outs]
         return sentences, tokens
