@@ -104,6 +104,8 @@ def eval_cmd(
                                                     "rows the calibration does not use, then evaluate with it "
                                                     "(needs loket[semantic]; minutes of CPU)."),
     tune_steps: int = typer.Option(150, "--tune-steps", help="With --tune: training steps of 32 pairs."),
+    tune_seed: int = typer.Option(0, "--tune-seed", help="With --tune: seed for the order of the pairs (run a few "
+                                                         "to see how much the figures move)."),
 ) -> None:
     """Score the knowledge base: accuracy, abstention, macro-F1, precision at coverage, latency.
 
@@ -142,7 +144,8 @@ def eval_cmd(
                 console.print("[red]--tune needs semantic vectors; drop --lexical[/red]")
                 raise typer.Exit(2)
             docs = docs_from_labelled(fit_part(train_rows), lang)
-            _tune_with_progress(docs, Path(tmp.name), model_path(env | {"LOKET_KB_TUNED": "off"}), tune_steps, 0)
+            _tune_with_progress(docs, Path(tmp.name), model_path(env | {"LOKET_KB_TUNED": "off"}), tune_steps,
+                                tune_seed)
             env["LOKET_KB_MODEL"] = tmp.name
         embedder = load_embedder(env)
         with console.status(f"building a throwaway knowledge base from {len(train_rows)} rows"):
@@ -155,7 +158,7 @@ def eval_cmd(
                      "semantic": _semantic_state(trained.ranker, lang, embedder),
                      "index build": f"{trained.build_seconds:.1f} s"}
         if tmp is not None:
-            rep.extra["embedding model"] = f"tuned here ({tune_steps} steps)"
+            rep.extra["embedding model"] = f"tuned here ({tune_steps} steps, seed {tune_seed})"
         _print_report(f"{test.name}", rep)
         return
     if file is None:

@@ -146,7 +146,7 @@ def test_eval_tune_tunes_on_the_training_rows_and_reports_it(db_url: str, tmp_pa
             sw.writerow((qs[3], label))
     out = run(["eval", "--train", str(train), "--test", str(test), "--tune", "--tune-steps", "3"], db_url, tmp_path,
               {"LOKET_KB_SEMANTIC": "auto"})
-    assert "tuned here (3 steps)" in out, out
+    assert "tuned here (3 steps, seed 0)" in out, out
     assert "8 (8 answerable, 0 __none__)" in out, out
     out = run(["eval", "--train", str(train), "--test", str(test), "--tune", "--lexical"], db_url, tmp_path,
               expect_exit=2)
