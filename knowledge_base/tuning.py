@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -123,14 +124,24 @@ def tune(docs: Sequence[Doc], out_dir: Path, base_model: str, steps: int = STEPS
         if progress:
             progress(n, len(plan), last)
     model.eval()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save(str(out_dir))
+    # Written beside the target and swapped in at the end: a process starting meanwhile loads the old copy, the new
+    # one or (for the instant between the two renames) the shipped model, never half of one; a failed save leaves
+    # the old copy as it was.
+    staging = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    model.save(str(staging))
     seconds = time.perf_counter() - t0
     result = TuneResult(out_dir, len(plan), sum(len(p) for p in plan), len(docs), seconds, first, last)
-    (out_dir / TUNED_MARKER).write_text(json.dumps({
+    (staging / TUNED_MARKER).write_text(json.dumps({
         "base_model": base_model, "steps": result.steps, "batch": batch, "learning_rate": learning_rate,
         "seed": seed, "pairs": result.pairs, "articles": result.articles, "seconds": round(seconds, 1),
         "first_loss": round(first, 4), "last_loss": round(last, 4),
         "tuned_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }, indent=2) + "\n")
+    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+    if out_dir.exists():
+        out_dir.rename(old)
+    staging.rename(out_dir)
+    shutil.rmtree(old, ignore_errors=True)
     return result

@@ -106,6 +106,10 @@ def test_tuning_pulls_one_articles_questions_together_and_saves_a_loadable_model
     after = _margin(tuned, ARTICLES)
     assert after > before + 0.05, (before, after)
     assert np.mean([x for _, x in ticks[-5:]]) < np.mean([x for _, x in ticks[:5]])
+    # tuning again replaces the copy in one swap and leaves no staging folders behind
+    tune(docs(), tmp_path / "m", base_path, steps=2, batch=4, seed=2)
+    assert json.loads((tmp_path / "m" / "loket-tune.json").read_text())["steps"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
 
 
 @pytest.mark.semantic
