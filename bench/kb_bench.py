@@ -29,13 +29,12 @@ sys.path.insert(0, str(ROOT))
 
 from knowledge_base.evaluation import (  # noqa: E402
     NONE,
-    docs_from_labelled,
-    fit_part,
     keep_shots,
     report,
     score_rows,
     stratified_split,
     train_kb,
+    tuning_docs,
 )
 from knowledge_base.ranker import Doc, LanguageIndex  # noqa: E402
 from knowledge_base.semantic import load_embedder, model_path  # noqa: E402
@@ -55,7 +54,7 @@ def tuned(embedder: object, train: list[tuple[str, str]], steps: int | None, out
     if not steps or embedder is None:
         return embedder, ""
     t0 = time.perf_counter()
-    res = tune(docs_from_labelled(fit_part(train), "en"), out, model_path({}) or "", steps=steps)
+    res = tune(tuning_docs(train, "en"), out, model_path({}, include_tuned=False) or "", steps=steps)
     tuned_embedder = load_embedder({"LOKET_KB_MODEL": str(out)})
     return tuned_embedder, (f"; tuned {res.steps} steps, {res.pairs:,} pairs in {time.perf_counter() - t0:.0f} s "
                             f"(loss {res.first_loss:.2f} → {res.last_loss:.2f})")

@@ -112,14 +112,13 @@ def eval_cmd(
     With --train, training rows labelled __none__ are not articles: they calibrate what to abstain on.
     """
     from knowledge_base.evaluation import (
-        docs_from_labelled,
-        fit_part,
         guess_language,
         keep_shots,
         read_labelled,
         report,
         score_rows,
         train_kb,
+        tuning_docs,
     )
     from knowledge_base.semantic import load_embedder, model_path
 
@@ -143,9 +142,8 @@ def eval_cmd(
             if lexical:
                 console.print("[red]--tune needs semantic vectors; drop --lexical[/red]")
                 raise typer.Exit(2)
-            docs = docs_from_labelled(fit_part(train_rows), lang)
-            _tune_with_progress(docs, Path(tmp.name), model_path(env | {"LOKET_KB_TUNED": "off"}), tune_steps,
-                                tune_seed)
+            _tune_with_progress(tuning_docs(train_rows, lang), Path(tmp.name), model_path(env, include_tuned=False),
+                                tune_steps, tune_seed)
             env["LOKET_KB_MODEL"] = tmp.name
         embedder = load_embedder(env)
         with console.status(f"building a throwaway knowledge base from {len(train_rows)} rows"):
@@ -229,7 +227,8 @@ def tune_cmd(
     again after large changes to the articles. Only languages with vectors are used (LOKET_KB_SEMANTIC_LANGUAGES,
     default en).
     """
-    from knowledge_base.semantic import model_path
+    from knowledge_base.ranker import semantic_languages
+    from knowledge_base.semantic import model_path, tuned_model_dir
 
     settings = _settings()
 
@@ -243,14 +242,14 @@ def tune_cmd(
         finally:
             await kb.engine.dispose()
 
-    langs = {x.strip() for x in (settings.env.get("LOKET_KB_SEMANTIC_LANGUAGES") or "en").split(",")}
+    langs = semantic_languages(settings.env)
     docs = [d for d in _run(go()) if d.language in langs]
     if not docs:
         console.print(f"[red]no published articles in {', '.join(sorted(langs))}: import some with "
                       "`loket kb import PATH` first[/red]")
         raise typer.Exit(1)
-    target = out or settings.data_dir / "kb-model"
-    base = model_path(settings.env | {"LOKET_KB_TUNED": "off"})  # tune the shipped model, not an earlier tuning
+    target = out or Path(tuned_model_dir(settings.env))
+    base = model_path(settings.env, include_tuned=False)
     res = _tune_with_progress(docs, target, base, steps, seed)
     console.print(f"[green]tuned on {res.pairs:,} pairs from {res.articles} articles in {res.seconds:.0f} s "
                   f"(loss {res.first_loss:.3f} → {res.last_loss:.3f}); saved to {target}[/green]")

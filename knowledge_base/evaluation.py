@@ -190,9 +190,9 @@ def calibration_split(train: list[tuple[str, str]], held_fraction: float = 0.2, 
     return stratified_split([r for r in train if r[1] != NONE], held_fraction, seed)
 
 
-def fit_part(train: list[tuple[str, str]], held_fraction: float = 0.2, seed: int = 13) -> list[tuple[str, str]]:
-    """What a tuned model may learn from without seeing the calibration rows."""
-    return calibration_split(train, held_fraction, seed)[0]
+def tuning_docs(train: list[tuple[str, str]], language: str) -> list[Doc]:
+    """The articles a tuned model may learn from without seeing ``train_kb``'s calibration rows."""
+    return docs_from_labelled(calibration_split(train)[0], language)
 
 
 @dataclass

