@@ -24,36 +24,19 @@ import sys
 import time
 from pathlib import Path
 
+from e2e import pg_url, recreate_pg_database  # the benchmark database, as bench/e2e.py makes it
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "bench"
 RESULTS = ROOT / "bench" / "results"
-PG_ADMIN = os.environ.get("BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 DB = "loket_scaleout"
 PY = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() else sys.executable
 
 
-def pg_url(db: str) -> str:
-    return PG_ADMIN.rsplit("/", 1)[0] + "/" + db
-
-
 # The load's chats are the first seeded conversations, which are with the bot (the rest are a mix of bot,
 # queued, assigned and waiting-for-customer, as in a busy desk): a queued conversation's message gets no bot reply.
 LOAD_CHATS = 5000
-
-
-def recreate(db: str) -> None:
-    import asyncpg
-
-    async def go() -> None:
-        conn = await asyncpg.connect(PG_ADMIN)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-            await conn.execute(f'CREATE DATABASE "{db}"')
-        finally:
-            await conn.close()
-
-    asyncio.run(go())
 
 
 def base_env(port: int) -> dict[str, str]:
@@ -117,7 +100,7 @@ def throughput(args: argparse.Namespace) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "scaleout.jsonl"
     for workers in args.workers:
-        recreate(DB)
+        recreate_pg_database(DB)
         harness_run(args, out, f"loket_pg_redis_{workers}w",
                     f"{PY} {ROOT / 'bench' / 'scaleout_bench.py'} serve --workers {workers}",
                     "--path", "/webhooks/telegram", "--env", f"DATABASE_URL={pg_url(DB)}",
@@ -160,7 +143,7 @@ async def seed(url: str, n: int) -> None:
 def rss(args: argparse.Namespace) -> None:
     import psutil
 
-    recreate(DB)
+    recreate_pg_database(DB)
     t0 = time.monotonic()
     asyncio.run(seed(pg_url(DB), args.conversations))
     print(f"seeded {args.conversations} open conversations in {time.monotonic() - t0:.1f}s", flush=True)

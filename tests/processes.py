@@ -18,6 +18,19 @@ LOKET = [sys.executable, "-m", "bot.cli"]
 WORKER_PORT = "LOKET_WORKER_METRICS_PORT"
 
 
+async def count_rows(db_url: str, query: object) -> int:
+    """The single number a count query gives, read on a connection of its own (the server under test is
+    another process)."""
+    from storage.db import make_engine
+
+    engine = make_engine(db_url)
+    try:
+        async with engine.connect() as conn:
+            return int((await conn.execute(query)).scalar_one())  # type: ignore[arg-type]
+    finally:
+        await engine.dispose()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

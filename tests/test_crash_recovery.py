@@ -11,19 +11,10 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from storage.db import make_engine
 from storage.models import inbox_items, messages
 from tests.processes import LOKET, ROOT, LoketProcess, free_port
+from tests.processes import count_rows as count
 from tests.support import WebChatClient
-
-
-async def count(db_url: str, q: object) -> int:
-    engine = make_engine(db_url)
-    try:
-        async with engine.connect() as conn:
-            return int((await conn.execute(q)).scalar_one())  # type: ignore[arg-type]
-    finally:
-        await engine.dispose()
 
 
 def outbound(*statuses: str) -> object:

@@ -29,6 +29,30 @@ def _engine(settings):  # type: ignore[no-untyped-def]
     return make_engine(settings.database_url)
 
 
+def _save_by_name(table: Any, name: str, new_row: dict[str, Any], changes: dict[str, Any]) -> None:
+    """Insert the row named ``name`` (``new_row``) or, when one exists, apply ``changes`` to it."""
+    from sqlalchemy import select, update
+
+    from bot.cli import run_async
+    from bot.clock import Clock
+
+    settings = _settings()
+
+    async def go() -> None:
+        engine = _engine(settings)
+        try:
+            async with engine.begin() as conn:
+                row = (await conn.execute(select(table.c.id).where(table.c.name == name))).first()
+                if row is None:
+                    await conn.execute(table.insert().values(name=name, created_at=Clock().now(), **new_row))
+                elif changes:
+                    await conn.execute(update(table).where(table.c.id == row[0]).values(**changes))
+        finally:
+            await engine.dispose()
+
+    run_async(go())
+
+
 @app.command("import")
 def import_(
     file: Path = typer.Argument(..., exists=True, dir_okay=False, readable=True,
@@ -135,11 +159,8 @@ def provider_hours(
     location: str = typer.Option(None, help="Default location shown in reminders."),
 ) -> None:
     """Set a provider's working hours (used for free slots when a customer reschedules)."""
-    from sqlalchemy import select, update
-
     from bot.appointments.models import providers_t
     from bot.appointments.service import AppointmentError, resolve_timezone, validate_hours
-    from bot.clock import Clock
 
     try:
         clean = validate_hours(json.loads(hours))
@@ -147,27 +168,12 @@ def provider_hours(
     except (json.JSONDecodeError, AppointmentError) as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc
-    settings = _settings()
-
-    async def go() -> None:
-        engine = _engine(settings)
-        try:
-            async with engine.begin() as conn:
-                row = (await conn.execute(select(providers_t.c.id).where(providers_t.c.name == name))).first()
-                values = {"working_hours": clean, **({"timezone": tz} if tz else {}),
-                          **({"location": location} if location is not None else {})}
-                if row is None:
-                    await conn.execute(providers_t.insert().values(
-                        name=name, location=location or "", timezone=tz or "Asia/Jakarta", working_hours=clean,
-                        created_at=Clock().now()))
-                else:
-                    await conn.execute(update(providers_t).where(providers_t.c.id == row[0]).values(**values))
-        finally:
-            await engine.dispose()
-
-    from bot.cli import run_async
-
-    run_async(go())
+    _save_by_name(
+        providers_t, name,
+        {"location": location or "", "timezone": tz or "Asia/Jakarta", "working_hours": clean},
+        {"working_hours": clean, **({"timezone": tz} if tz else {}),
+         **({"location": location} if location is not None else {})},
+    )
     console.print(f"[green]{name}[/green]: hours saved")
 
 
@@ -178,39 +184,18 @@ def service(
     stages: str = typer.Option(None, help='Reminder stages, e.g. "48h,24h,2h" ("" = the default policy).'),
 ) -> None:
     """Set a service's duration and reminder stages."""
-    from sqlalchemy import select, update
-
     from bot.appointments.models import services_t
     from bot.appointments.service import AppointmentError, parse_stages
-    from bot.clock import Clock
 
     try:
         parsed = list(parse_stages(stages)) if stages is not None else None
     except AppointmentError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc
-    settings = _settings()
-
-    async def go() -> None:
-        engine = _engine(settings)
-        try:
-            async with engine.begin() as conn:
-                row = (await conn.execute(select(services_t.c.id).where(services_t.c.name == name))).first()
-                values: dict[str, object] = {}
-                if duration is not None:
-                    values["duration_minutes"] = duration
-                if stages is not None:
-                    values["reminder_stages"] = parsed or None
-                if row is None:
-                    await conn.execute(services_t.insert().values(
-                        name=name, duration_minutes=duration or 30, reminder_stages=parsed or None,
-                        created_at=Clock().now()))
-                elif values:
-                    await conn.execute(update(services_t).where(services_t.c.id == row[0]).values(**values))
-        finally:
-            await engine.dispose()
-
-    from bot.cli import run_async
-
-    run_async(go())
+    changes: dict[str, Any] = {}
+    if duration is not None:
+        changes["duration_minutes"] = duration
+    if stages is not None:
+        changes["reminder_stages"] = parsed or None
+    _save_by_name(services_t, name, {"duration_minutes": duration or 30, "reminder_stages": parsed or None}, changes)
     console.print(f"[green]{name}[/green]: saved (new and moved appointments use it)")

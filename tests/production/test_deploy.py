@@ -17,10 +17,9 @@ from typer.main import get_command
 
 from bot.cli import app
 from bot.config import Settings
-from storage.db import make_engine
 from storage.models import inbox_items, messages
 from tests.conftest import BACKEND
-from tests.processes import LoketProcess, free_port
+from tests.processes import LoketProcess, count_rows, free_port
 from tests.support import WebChatClient
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,15 +84,6 @@ def test_dockerfile_and_env_example() -> None:
     Settings.from_env({**env, "DATABASE_URL": "sqlite+aiosqlite:///x.db", "LOKET_DATA_DIR": "/tmp"}, dotenv=False)
 
 
-async def _count(db_url: str, q: object) -> int:
-    engine = make_engine(db_url)
-    try:
-        async with engine.connect() as conn:
-            return int((await conn.execute(q)).scalar_one())  # type: ignore[arg-type]
-    finally:
-        await engine.dispose()
-
-
 async def test_sigterm_stops_taking_work_finishes_and_exits(db_url: str, tmp_path: Path) -> None:
     """SIGTERM mid-load: exit code 0, nothing half-done; a restarted process answers the rest exactly once."""
     env = {"DATABASE_URL": db_url, "LOKET_DEMO": "false", "LOKET_DATA_DIR": str(tmp_path / "data"),
@@ -140,16 +130,16 @@ async def test_sigterm_stops_taking_work_finishes_and_exits(db_url: str, tmp_pat
     try:
         if again.role == "run":
             await again.wait_ready()
-        stored = await _count(db_url, select(func.count()).select_from(inbox_items))
+        stored = await count_rows(db_url, select(func.count()).select_from(inbox_items))
         assert stored >= acks
         for _ in range(300):
-            done = await _count(db_url, select(func.count()).select_from(inbox_items)
+            done = await count_rows(db_url, select(func.count()).select_from(inbox_items)
                                 .where(inbox_items.c.status == "done"))
             if done == stored:
                 break
             await asyncio.sleep(0.1)
         assert done == stored
-        assert await _count(db_url, select(func.count()).select_from(messages)
+        assert await count_rows(db_url, select(func.count()).select_from(messages)
                             .where(messages.c.direction == "in")) == stored
     finally:
         assert again.terminate() == 0, again.log()
