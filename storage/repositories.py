@@ -1,4 +1,5 @@
-"""Queries and writes on the customer record, shared by the pipeline, the console, the API and the CLI."""
+"""Queries and writes on the customer record (and the inbox), shared by the pipeline, the channels, the console,
+the API and the CLI."""
 
 from __future__ import annotations
 
@@ -6,11 +7,22 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from storage.db import one_of
-from storage.models import conversations, customers, identities, messages, touchpoints
+from storage.models import conversations, customers, identities, inbox_items, messages, touchpoints
 from storage.unit_of_work import insert
+
+
+async def inbox_has(engine: AsyncEngine, channel: str, provider_message_id: str) -> bool:
+    """Is this provider message stored already (a redelivery)? Lets a channel skip work such as downloading its
+    media again; the unique key on the inbox still decides at insert time."""
+    async with engine.connect() as conn:
+        found = (await conn.execute(
+            select(inbox_items.c.id).where(inbox_items.c.channel == channel,
+                                           inbox_items.c.provider_message_id == provider_message_id)
+        )).first()
+    return found is not None
 
 
 async def add_touchpoint(

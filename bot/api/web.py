@@ -172,11 +172,16 @@ async def list_conversations(request: web.Request) -> web.Response:
     return ok({"data": [_conversation(r) for r in rows], "limit": limit, "offset": offset})
 
 
-async def _load_conversation(conn: AsyncConnection, conv_id: int) -> Any:
-    row = (await conn.execute(select(conversations).where(conversations.c.id == conv_id))).mappings().first()
+async def _row_or_404(conn: AsyncConnection, table: Any, pk: int, noun: str) -> Any:
+    """The row of ``table`` with id ``pk``, or the API's 404 naming what was not found."""
+    row = (await conn.execute(select(table).where(table.c.id == pk))).mappings().first()
     if row is None:
-        raise ApiError(404, "not_found", f"no conversation with id {conv_id}")
+        raise ApiError(404, "not_found", f"no {noun} with id {pk}")
     return row
+
+
+async def _load_conversation(conn: AsyncConnection, conv_id: int) -> Any:
+    return await _row_or_404(conn, conversations, conv_id, "conversation")
 
 
 @require_scope("conversations:read")
@@ -393,9 +398,7 @@ async def patch_customer(request: web.Request) -> web.Response:
                                             "or opted_out")
     now = rt.clock.now()
     async with rt.engine.begin() as conn:
-        before = (await conn.execute(select(customers).where(customers.c.id == cid))).mappings().first()
-        if before is None:
-            raise ApiError(404, "not_found", f"no customer with id {cid}")
+        before = await _row_or_404(conn, customers, cid, "customer")
         if attrs is not None:
             values["attributes"] = {**(before["attributes"] or {}), **attrs}
         if opted is not None:
@@ -508,10 +511,8 @@ async def get_agent(request: web.Request) -> web.Response:
     rt = get_runtime(request)
     aid = _path_id(request)
     async with rt.engine.connect() as conn:
-        row = (await conn.execute(select(agents).where(agents.c.id == aid))).mappings().first()
+        row = await _row_or_404(conn, agents, aid, "agent")
         names = await _agent_teams(conn)
-    if row is None:
-        raise ApiError(404, "not_found", f"no agent with id {aid}")
     return ok(_agent(row, sorted(names.get(aid, []))))
 
 
@@ -588,10 +589,7 @@ async def create_webhook(request: web.Request) -> web.Response:
 
 
 async def _load_subscription(conn: AsyncConnection, sid: int) -> Any:
-    row = (await conn.execute(select(webhook_subscriptions).where(webhook_subscriptions.c.id == sid))).mappings().first()
-    if row is None:
-        raise ApiError(404, "not_found", f"no webhook with id {sid}")
-    return row
+    return await _row_or_404(conn, webhook_subscriptions, sid, "webhook")
 
 
 @require_scope("webhooks:read")

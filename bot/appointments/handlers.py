@@ -132,20 +132,21 @@ async def book_appointment(ctx: HandlerContext) -> dict[str, Any]:
     return _describe(appt, ctx.language)
 
 
-@register("confirm_appointment")
-async def confirm_appointment(ctx: HandlerContext) -> dict[str, Any]:
+async def _set_customer_appointment(ctx: HandlerContext, status: str) -> dict[str, Any]:
     appt = await _customer_appointment(ctx)
-    appt = await set_status(ctx.conn, appt["id"], "confirmed", ctx.now, actor="customer",
+    appt = await set_status(ctx.conn, appt["id"], status, ctx.now, actor="customer",
                             conversation_id=ctx.conversation_id, channel=ctx.channel)
     return _describe(appt, ctx.language)
+
+
+@register("confirm_appointment")
+async def confirm_appointment(ctx: HandlerContext) -> dict[str, Any]:
+    return await _set_customer_appointment(ctx, "confirmed")
 
 
 @register("cancel_appointment")
 async def cancel_appointment(ctx: HandlerContext) -> dict[str, Any]:
-    appt = await _customer_appointment(ctx)
-    appt = await set_status(ctx.conn, appt["id"], "cancelled", ctx.now, actor="customer",
-                            conversation_id=ctx.conversation_id, channel=ctx.channel)
-    return _describe(appt, ctx.language)
+    return await _set_customer_appointment(ctx, "cancelled")
 
 
 @register("reschedule_appointment")

@@ -73,8 +73,8 @@ from bot.messages import InboundMessage, OutboundMessage, ProviderReceipt, Reply
 from bot.router import ORDER_FLOW, RouteContext
 from bot.runtime import Runtime
 from bot.texts import register, t
-from storage.models import customers, identities, inbox_items
-from storage.repositories import add_touchpoint, merge_customers
+from storage.models import customers, identities
+from storage.repositories import add_touchpoint, inbox_has, merge_customers
 
 log = logging.getLogger("loket.telegram")
 
@@ -493,16 +493,6 @@ class TelegramChannel:
             what = errors[0]["msg"] if errors else str(exc)
             raise BadUpdate(f"not a valid Telegram Update: {where}: {what}") from exc
 
-    async def already_stored(self, provider_message_id: str) -> bool:
-        async with self.rt.engine.connect() as conn:
-            found = (
-                await conn.execute(
-                    select(inbox_items.c.id).where(inbox_items.c.channel == CHANNEL,
-                                                   inbox_items.c.provider_message_id == provider_message_id)
-                )
-            ).first()
-        return found is not None
-
     async def normalize(self, upd: Update | TextUpdate) -> Normalized:
         if upd.message is not None:
             return await self._from_message(upd.message, upd.update_id, edited=False)
@@ -589,7 +579,7 @@ class TelegramChannel:
                                          f"{self.max_file_bytes / 1e6:.0f} MB")
         except AttachmentRejected as exc:
             return unsupported(exc.reason)
-        if await self.already_stored(pid):  # a redelivery: no need to download again
+        if await inbox_has(self.rt.engine, CHANNEL, pid):  # a redelivery: no need to download again
             return InboundMessage(provider_message_id=pid, text=caption, meta=base_meta, **common)
         try:
             data = await self._download(target.file_id)

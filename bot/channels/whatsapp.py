@@ -39,8 +39,8 @@ from bot.channels.base import PermanentSendError, TransientSendError, numbered_c
 from bot.clock import aware
 from bot.config import ConfigError
 from bot.messages import Attachment, InboundMessage, OutboundMessage, ProviderReceipt, Reply
-from storage.models import conversations, identities, inbox_items, messages
-from storage.repositories import add_touchpoint
+from storage.models import conversations, identities, messages
+from storage.repositories import add_touchpoint, inbox_has
 
 if TYPE_CHECKING:
     from bot.runtime import Runtime
@@ -361,7 +361,7 @@ class WhatsAppChannel:
             return web.Response(status=400, text=f"NumMedia must be between 0 and {MAX_MEDIA}")
         address = e164(raw_from)
         assert address is not None
-        if await self._already_stored(sid):
+        if await inbox_has(self.rt.engine, CHANNEL, sid):
             return self._twiml()  # a retry of a message we already hold: no second download
         attachments, rejected = await self._download_media(form, num_media)
         msg = self._normalize(form, sid, address, attachments, rejected)
@@ -375,16 +375,6 @@ class WhatsAppChannel:
     @staticmethod
     def _twiml() -> web.Response:
         return web.Response(text=EMPTY_TWIML, content_type="text/xml")
-
-    async def _already_stored(self, sid: str) -> bool:
-        async with self.rt.engine.connect() as conn:
-            found = (
-                await conn.execute(
-                    select(inbox_items.c.id).where(inbox_items.c.channel == CHANNEL,
-                                                   inbox_items.c.provider_message_id == sid)
-                )
-            ).first()
-        return found is not None
 
     def _normalize(self, form: MultiDictProxy[Any], sid: str, address: str, attachments: list[Attachment],
                    rejected: list[str]) -> InboundMessage:

@@ -162,6 +162,21 @@ async def test_media_is_downloaded_with_account_auth_and_stored(wa: WhatsAppEnv)
     assert store.read(att[0]["sha256"]) == png
 
 
+async def test_a_redelivered_media_message_is_stored_once_and_fetched_once(wa: WhatsAppEnv) -> None:
+    """Twilio retries a webhook it got no answer to: the second delivery is acknowledged without downloading the
+    media again or storing a second message."""
+    url = wa.fake.add_media(b"\x89PNG\r\n\x1a\n" + b"\x01" * 512, "image/png")
+    params = wa.fake.inbound_params(CUSTOMER, "foto", media=[(url, "image/png")])
+    first = await wa.fake.post_signed(wa.webhook, params)
+    second = await wa.fake.post_signed(wa.webhook, params)
+    assert first[0] == second[0] == 200
+    assert len(wa.fake.media_fetches) == 1
+    assert await count(wa, inbox_items) == 1
+    rows = await wait_for(lambda: wa.loket.fetch(select(messages).where(messages.c.direction == "in")),
+                          what="inbound message")
+    assert len(rows) == 1 and len(rows[0]["attachments"]) == 1
+
+
 async def test_unsupported_or_oversized_media_is_graceful(wa: WhatsAppEnv) -> None:
     exe = wa.fake.add_media(b"MZ" + b"\x00" * 100, "application/x-msdownload")
     status, _, _ = await wa.fake.send_inbound(wa.webhook, CUSTOMER, "", media=[(exe, "application/x-msdownload")])
