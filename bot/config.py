@@ -15,6 +15,14 @@ class ConfigError(Exception):
     """A setting is missing or malformed; the message says which and how to fix it."""
 
 
+DEFAULT_DATA_DIR = "loket-data"
+
+
+def data_dir_from(env: dict[str, str]) -> Path:
+    """Where Loket keeps its files: ``LOKET_DATA_DIR``, else ``loket-data`` in the working directory."""
+    return Path(env.get("LOKET_DATA_DIR", DEFAULT_DATA_DIR))
+
+
 def _bool(value: str | None, default: bool = False) -> bool:
     if value is None or value == "":
         return default
@@ -66,7 +74,7 @@ class Settings:
     port: int = 8080
     public_url: str = "http://127.0.0.1:8080"
     secret_key: str = ""
-    data_dir: Path = Path("loket-data")
+    data_dir: Path = Path(DEFAULT_DATA_DIR)
     demo: bool = True
     verify_signatures: bool = True
     max_message_chars: int = 4096
@@ -114,7 +122,7 @@ class Settings:
                 'TWILIO_TEMPLATES must be a JSON object such as {"appointment_reminder": "HX..."}: ' + str(exc)
             ) from exc
         secret = env.get("LOKET_SECRET_KEY") or ""
-        data_dir = Path(env.get("LOKET_DATA_DIR", "loket-data"))
+        data_dir = data_dir_from(env)
         if not secret:
             # Embedded default: keep a generated key beside the data so sessions survive restarts.
             key_file = data_dir / "secret.key"

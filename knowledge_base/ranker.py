@@ -45,6 +45,8 @@ def semantic_languages(env: dict[str, str]) -> tuple[str, ...]:
     """The languages whose indexes use vectors: ``LOKET_KB_SEMANTIC_LANGUAGES`` (comma-separated) or the default."""
     raw = env.get("LOKET_KB_SEMANTIC_LANGUAGES")
     return tuple(x.strip() for x in raw.split(",")) if raw else SEMANTIC_LANGUAGES
+
+
 # Fusion weights (renormalised over the evidence present). Chosen on a development split carved out of the
 # BANKING77 training part (never its test part) and on the demo articles' example questions.
 LEXICAL_WEIGHTS = {"clf": 0.45, "word": 0.2, "char": 0.15, "sem": 0.0}

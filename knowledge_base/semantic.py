@@ -37,8 +37,10 @@ def _off(value: str | None) -> bool:
 
 
 def tuned_model_dir(env: dict[str, str]) -> str:
-    """Where ``loket kb tune`` writes its copy by default, and where search looks for one."""
-    return os.path.join(env.get("LOKET_DATA_DIR") or "loket-data", "kb-model")
+    """Where ``loket kb tune`` writes its copy by default, and where search looks for one: in the data directory."""
+    from bot.config import data_dir_from
+
+    return str(data_dir_from(env) / "kb-model")
 
 
 def model_path(env: dict[str, str] | None = None, include_tuned: bool = True) -> str | None:

@@ -134,13 +134,13 @@ async def test_sigterm_stops_taking_work_finishes_and_exits(db_url: str, tmp_pat
         assert stored >= acks
         for _ in range(300):
             done = await count_rows(db_url, select(func.count()).select_from(inbox_items)
-                                .where(inbox_items.c.status == "done"))
+                                    .where(inbox_items.c.status == "done"))
             if done == stored:
                 break
             await asyncio.sleep(0.1)
         assert done == stored
         assert await count_rows(db_url, select(func.count()).select_from(messages)
-                            .where(messages.c.direction == "in")) == stored
+                                .where(messages.c.direction == "in")) == stored
     finally:
         assert again.terminate() == 0, again.log()
         for p in procs.values():
