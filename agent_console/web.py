@@ -6,6 +6,7 @@ re-fetches the changed fragment (``?partial=1``), so every customer string passe
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import secrets
@@ -75,6 +76,7 @@ class Console:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self.sockets: dict[int, set[web.WebSocketResponse]] = defaultdict(set)
+        self._presence_locks: dict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
         self.store = AttachmentStore(rt.settings.data_dir)
         self.secure_cookies = rt.settings.env.get("LOKET_CONSOLE_SECURE_COOKIES", "auto")
         self.timeline_items = TIMELINE_ITEMS
@@ -651,9 +653,18 @@ class Console:
         return ws
 
     async def set_presence(self, agent_id: int, presence: str) -> None:
-        async with self.rt.engine.begin() as conn:
-            await auth.touch_presence(conn, agent_id, presence, self.now())
-        await self.publish("agent.presence", {"agent_id": agent_id, "presence": presence})
+        """Store and announce an agent's presence; one write at a time per agent, in the order they were asked for.
+
+        Changing pages closes the agent's socket and opens another at the same moment: without the lock the
+        "offline" of the closing page could commit after the "online" of the new one and leave an agent with an
+        open page offline (no auto-assignment) until the page's next ping. Offline is written only while no page
+        of the agent is open, checked when it is its turn."""
+        async with self._presence_locks[agent_id]:
+            if presence == "offline" and self.sockets[agent_id]:
+                return  # a page of this agent opened meanwhile: it said "online"
+            async with self.rt.engine.begin() as conn:
+                await auth.touch_presence(conn, agent_id, presence, self.now())
+            await self.publish("agent.presence", {"agent_id": agent_id, "presence": presence})
 
     async def on_event(self, name: str, payload: dict[str, Any]) -> None:
         if name not in LIVE_EVENTS or not self.sockets:

@@ -197,10 +197,14 @@ class ReminderScheduler:
         async with rt.engine.begin() as conn, unit_of_work(conn) as uow:
             uow.expect[messages] = len(ids)  # one reminder message each: one id round trip (PostgreSQL)
             q = select(reminders_t).where(reminders_t.c.id.in_(ids), reminders_t.c.status == "sending",
-                                          reminders_t.c.locked_by == self.worker_id)
+                                          reminders_t.c.locked_by == self.worker_id).order_by(reminders_t.c.id)
             if not is_sqlite(conn):
-                # hold the rows for this transaction: a worker whose lease check races with ours skips them
-                q = q.with_for_update(skip_locked=True)
+                # Hold the rows for this transaction, waiting for a lock held elsewhere: another worker's claim
+                # (SKIP LOCKED) keeps a lock on a row it re-checked and did not take until it commits. Skipping
+                # such a row would leave it "sending" until its lease ran out. After the wait PostgreSQL checks
+                # the row again, so one another worker took over after our lease expired is left out. Rows are
+                # locked in id order: two workers never wait for each other in a circle.
+                q = q.with_for_update()
             rems = [dict(r) for r in (await conn.execute(q)).mappings()]
             if not rems:
                 return 0

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -10,6 +13,7 @@ import aiohttp
 from sqlalchemy import select, update
 
 from bot.api.auth import create_token
+from bot.appointments.models import reminders_t
 from bot.clock import aware
 from storage.models import customers, messages, outbox_items
 from tests.appointments.helpers import (
@@ -24,6 +28,7 @@ from tests.appointments.helpers import (
     start,
     wait_reminder,
 )
+from tests.conftest import BACKEND
 from tests.support import wait_for
 
 
@@ -202,5 +207,54 @@ async def test_api_create_list_and_validation(settings_factory: Any, tmp_path: P
             async with s.get(f"{loket.base_url}/api/v1/appointments?status=booked", headers=auth) as r:
                 items = (await r.json())["items"]
             assert [i["external_id"] for i in items] == ["API-1"] and items[0]["service"] == "Vaksin"
+    finally:
+        await loket.stop()
+
+
+async def test_a_claimed_reminder_held_by_another_transaction_is_still_sent(settings_factory: Any, db_url: str,
+                                                                          tmp_path: Path) -> None:
+    """Another transaction can hold a claimed reminder's row for a moment: on PostgreSQL a second worker's claim
+    (``FOR UPDATE SKIP LOCKED``) keeps a lock on a row it re-checked and did not take; on SQLite any writer holds the
+    file. The worker that claimed the row waits for it and sends, instead of leaving it ``sending`` until its lease
+    runs out (with this test's frozen clock: for ever)."""
+    loket, clock = await start(settings_factory, LOKET_REMINDER_POLL_SECONDS="3600")  # the test drives the ticks
+    try:
+        await import_rows(loket, tmp_path, [row("H1", phone="081234567890")])
+        await add_webchat(loket, (await appointment(loket, "H1"))["customer_id"])
+        sched = loket.rt.services["reminders"]
+        clock.advance(timedelta(hours=24))  # the 24h stage is due; no nudge, so the loop stays asleep
+        ids = await sched.claim(10)
+        assert len(ids) == 1
+        held = asyncio.Event()
+        release = asyncio.Event()
+
+        async def hold_postgresql() -> None:
+            async with loket.rt.engine.connect() as other, other.begin():
+                await other.execute(select(reminders_t.c.id).where(reminders_t.c.id == ids[0]).with_for_update())
+                held.set()
+                await release.wait()
+
+        def hold_sqlite() -> None:  # in a thread: the SQLite driver waits for the lock on the event loop's thread
+            con = sqlite3.connect(db_url.split("///", 1)[1], isolation_level=None)
+            try:
+                con.execute("BEGIN IMMEDIATE")
+                loop.call_soon_threadsafe(held.set)
+                time.sleep(0.5)
+                con.execute("ROLLBACK")
+            finally:
+                con.close()
+
+        loop = asyncio.get_running_loop()
+        holder = (asyncio.create_task(hold_postgresql()) if BACKEND == "postgresql"
+                  else asyncio.ensure_future(asyncio.to_thread(hold_sqlite)))
+        await asyncio.wait_for(held.wait(), 10)
+        sending = asyncio.create_task(sched.process(ids))
+        await asyncio.sleep(0.5)
+        release.set()
+        assert await asyncio.wait_for(sending, 10) == 1
+        await holder
+        rem = (await reminders(loket, "H1"))["24h"]
+        assert rem["status"] == "sent" and rem["locked_by"] is None
+        assert await count_reminder_messages(loket) == 1
     finally:
         await loket.stop()

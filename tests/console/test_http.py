@@ -198,9 +198,30 @@ async def test_auto_assignment_capacity_presence_and_sla(server: LoketServer) ->
         await one.close()
 
 
-async def _presence(server: LoketServer, aid: int) -> bool:
+async def test_presence_stays_online_across_page_changes(server: LoketServer) -> None:
+    """Changing pages closes the agent's socket and opens another at the same moment; whichever the server handles
+    first, the agent stays online while a page is open, and goes offline when the last one closes."""
+    aid = await make_agent(server, "nav@example.com")
+    agent = Agent(server)
+    try:
+        await agent.login("nav@example.com")
+        ws = await agent.ws()
+        await wait_for(lambda: _presence(server, aid), what="online")
+        for i in range(20):
+            opening = asyncio.create_task(agent.ws())
+            await ws.close()
+            ws = await opening
+            await asyncio.sleep(0.2)  # both sockets handled: nothing in this test pings
+            assert await _presence(server, aid), f"offline with a page open, after page change {i + 1}"
+        await ws.close()
+        await wait_for(lambda: _presence(server, aid, "offline"), what="offline after the last page closed")
+    finally:
+        await agent.close()
+
+
+async def _presence(server: LoketServer, aid: int, state: str = "online") -> bool:
     from storage.models import agents
-    return await server.scalar(select(agents.c.presence).where(agents.c.id == aid)) == "online"
+    return await server.scalar(select(agents.c.presence).where(agents.c.id == aid)) == state
 
 
 async def _assigned(server: LoketServer, n: int) -> list[dict[str, Any]] | None:
