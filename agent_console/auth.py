@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -117,6 +118,13 @@ async def audit(conn: AsyncConnection, actor: str, action: str, now: datetime, *
     await conn.execute(insert(audit_log).values(
         actor=actor, action=action, object_type=object_type, object_id=None if object_id is None else str(object_id),
         before=before, after=after, ip=ip, created_at=now))
+
+
+def combined_presence(pages: Iterable[str]) -> str:
+    """An agent's presence from what each open console page reports: online if any page is in front, away if
+    all are in the background, offline with none open."""
+    states = set(pages)
+    return "online" if "online" in states else "away" if states else "offline"
 
 
 async def touch_presence(conn: AsyncConnection, agent_id: int, presence: str, now: datetime) -> None:

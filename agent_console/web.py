@@ -75,7 +75,7 @@ env.filters["tojson_pretty"] = lambda v: json.dumps(v, ensure_ascii=False, inden
 class Console:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
-        self.sockets: dict[int, set[web.WebSocketResponse]] = defaultdict(set)
+        self.sockets: dict[int, dict[web.WebSocketResponse, str]] = defaultdict(dict)  # each open page's presence
         self._presence_locks: dict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
         self.store = AttachmentStore(rt.settings.data_dir)
         self.secure_cookies = rt.settings.env.get("LOKET_CONSOLE_SECURE_COOKIES", "auto")
@@ -630,8 +630,8 @@ class Console:
         ws = web.WebSocketResponse(heartbeat=30)
         await ws.prepare(request)
         aid = me["agent_id"]
-        self.sockets[aid].add(ws)
-        await self.set_presence(aid, "online")
+        self.sockets[aid][ws] = "online"
+        await self.store_presence(aid)
         try:
             async for msg in ws:
                 if msg.type != WSMsgType.TEXT:
@@ -642,26 +642,24 @@ class Console:
                     continue
                 if frame.get("type") in {"ping", "presence"}:
                     state = frame.get("presence", "online")
-                    await self.set_presence(aid, state if state in {"online", "away"} else "online")
+                    self.sockets[aid][ws] = state if state in {"online", "away"} else "online"
+                    await self.store_presence(aid)
         finally:
-            self.sockets[aid].discard(ws)
-            if not self.sockets[aid]:
-                try:
-                    await self.set_presence(aid, "offline")
-                except Exception:  # noqa: BLE001 - shutting down: the presence timeout will clear it
-                    log.debug("could not mark agent %s offline", aid)
+            self.sockets[aid].pop(ws, None)
+            try:
+                await self.store_presence(aid)
+            except Exception:  # noqa: BLE001 - shutting down: the presence timeout will clear it
+                log.debug("could not store the presence of agent %s", aid)
         return ws
 
-    async def set_presence(self, agent_id: int, presence: str) -> None:
-        """Store and announce an agent's presence; one write at a time per agent, in the order they were asked for.
+    async def store_presence(self, agent_id: int) -> None:
+        """Store and announce what the agent's open pages say together (online if any page is in front).
 
-        Changing pages closes the agent's socket and opens another at the same moment: without the lock the
-        "offline" of the closing page could commit after the "online" of the new one and leave an agent with an
-        open page offline (no auto-assignment) until the page's next ping. Offline is written only while no page
-        of the agent is open, checked when it is its turn."""
+        One write at a time per agent, each computed from the pages open when it is its turn: changing pages
+        closes a socket and opens another at the same moment, and a stale "offline" committed after the new
+        page's "online" would leave an agent with an open page offline (no auto-assignment) until its next ping."""
         async with self._presence_locks[agent_id]:
-            if presence == "offline" and self.sockets[agent_id]:
-                return  # a page of this agent opened meanwhile: it said "online"
+            presence = auth.combined_presence(self.sockets[agent_id].values())
             async with self.rt.engine.begin() as conn:
                 await auth.touch_presence(conn, agent_id, presence, self.now())
             await self.publish("agent.presence", {"agent_id": agent_id, "presence": presence})

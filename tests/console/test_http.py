@@ -200,7 +200,8 @@ async def test_auto_assignment_capacity_presence_and_sla(server: LoketServer) ->
 
 async def test_presence_stays_online_across_page_changes(server: LoketServer) -> None:
     """Changing pages closes the agent's socket and opens another at the same moment; whichever the server handles
-    first, the agent stays online while a page is open, and goes offline when the last one closes."""
+    first, the agent stays online while a page is open. With several pages, one in front is enough; with only
+    background pages the agent is away, with none offline."""
     aid = await make_agent(server, "nav@example.com")
     agent = Agent(server)
     try:
@@ -213,7 +214,14 @@ async def test_presence_stays_online_across_page_changes(server: LoketServer) ->
             ws = await opening
             await asyncio.sleep(0.2)  # both sockets handled: nothing in this test pings
             assert await _presence(server, aid), f"offline with a page open, after page change {i + 1}"
+        # a second page in a background tab reports "away": the page in front keeps the agent online
+        background = await agent.ws()
+        await background.send_json({"type": "ping", "presence": "away"})
+        await asyncio.sleep(0.2)
+        assert await _presence(server, aid)
         await ws.close()
+        await wait_for(lambda: _presence(server, aid, "away"), what="away with only a background page open")
+        await background.close()
         await wait_for(lambda: _presence(server, aid, "offline"), what="offline after the last page closed")
     finally:
         await agent.close()
