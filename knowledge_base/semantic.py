@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from bot.config import data_dir_from
+
 log = logging.getLogger("loket.kb")
 
 _lock = threading.Lock()
@@ -38,8 +40,6 @@ def _off(value: str | None) -> bool:
 
 def tuned_model_dir(env: dict[str, str]) -> str:
     """Where ``loket kb tune`` writes its copy by default, and where search looks for one: in the data directory."""
-    from bot.config import data_dir_from
-
     return str(data_dir_from(env) / "kb-model")
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 from sqlalchemy import select, update
+from sqlalchemy.engine import make_url
 
 from bot.api.auth import create_token
 from bot.appointments.models import reminders_t
@@ -235,7 +236,7 @@ async def test_a_claimed_reminder_held_by_another_transaction_is_still_sent(sett
                 await release.wait()
 
         def hold_sqlite() -> None:  # in a thread: the SQLite driver waits for the lock on the event loop's thread
-            con = sqlite3.connect(db_url.split("///", 1)[1], isolation_level=None)
+            con = sqlite3.connect(make_url(db_url).database or "", isolation_level=None)
             try:
                 con.execute("BEGIN IMMEDIATE")
                 loop.call_soon_threadsafe(held.set)
