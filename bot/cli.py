@@ -7,9 +7,11 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from bot.cli_support import run_async, settings_or_exit
+from bot.clock import Clock
 from storage.db import check_database, make_engine
 
 app = typer.Typer(
@@ -82,6 +84,63 @@ def db_upgrade() -> None:
 
     run_async(go())
     console.print(f"[green]database is up to date[/green] ({make_engine(settings.database_url).url.render_as_string()})")
+
+
+@db_app.command("prune")
+def db_prune(
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only count what would be deleted."),
+) -> None:
+    """Delete finished work-queue rows older than the retention settings (LOKET_RETAIN_*_DAYS).
+
+    Done inbox items, sent outbox rows and delivered webhook events go after 30 days, failed ones after 90.
+
+    Expired console sessions and day-old login attempts go too. Customer records, messages and timelines stay.
+
+    `loket run` and `loket worker` do this every hour by themselves (LOKET_HOUSEKEEPING_INTERVAL_SECONDS).
+    """
+    from bot.housekeeping import policy_from
+    from bot.retention import count, prune, rules
+
+    settings = settings_or_exit()
+    policy = policy_from(settings)
+
+    async def go() -> dict[str, tuple[int, int]]:
+        engine = make_engine(settings.database_url)
+        try:
+            await check_database(engine)
+            now = Clock().now()
+            todo = {r.name: await count(engine, r) for r in rules(policy, now)}
+            if dry_run or not any(todo.values()):
+                return {name: (n, 0) for name, n in todo.items()}
+            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                          TimeElapsedColumn(), console=console) as progress:
+                bars = {name: progress.add_task(name, total=n) for name, n in todo.items() if n}
+
+                def advance(name: str, n: int) -> None:
+                    if name in bars:
+                        progress.advance(bars[name], n)
+
+                done = await prune(engine, policy, now, progress=advance)
+            return {name: (n, done.get(name, 0)) for name, n in todo.items()}
+        finally:
+            await engine.dispose()
+
+    result = run_async(go())
+    kept = {"inbox_items": policy.inbox_days, "outbox_items": policy.outbox_days,
+            "webhook_deliveries": policy.webhook_days}
+    def span(days: int) -> str:
+        return f"{days} days" if days else "for ever"
+
+    table = Table(title="Would delete (dry run)" if dry_run else "Deleted")
+    table.add_column("table")
+    table.add_column("finished rows are kept")
+    table.add_column("rows", justify="right")
+    for name, (due, deleted) in result.items():
+        days = kept.get(name)
+        rule = "until they expire" if name == "console_sessions" else "1 day" if days is None else (
+            f"{span(days)}; failed ones {span(policy.failed_days)}")
+        table.add_row(name, rule, f"{due if dry_run else deleted:,}")
+    console.print(table)
 
 
 @customers_app.command("show")

@@ -17,5 +17,6 @@ COMPONENTS: list[str] = [
     "agent_console.escalation",
     "agent_console.web",
     "bot.webhooks_out",
+    "bot.housekeeping",
     "bot.metrics",
 ]

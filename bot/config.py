@@ -39,6 +39,27 @@ def _int(env: dict[str, str], name: str, default: int) -> int:
         raise ConfigError(f"{name}={raw!r} is not a whole number; set it to e.g. {default}") from exc
 
 
+def _days(env: dict[str, str], name: str, default: int) -> int:
+    days = _int(env, name, default)
+    if days < 0:
+        raise ConfigError(f"{name}={days} cannot be negative; give a number of days, or 0 to keep those rows")
+    return days
+
+
+def non_negative(env: dict[str, str], name: str, default: float, zero: str = "switches it off") -> float:
+    """A number setting that must not be negative (``zero``: what 0 does, for the error message)."""
+    raw = env.get(name, "")
+    if raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}={raw!r} is not a number; set it to e.g. {default:g}") from exc
+    if value < 0:
+        raise ConfigError(f"{name}={raw!r} must not be negative (0 {zero})")
+    return value
+
+
 def _port_or_off(env: dict[str, str], name: str, default: int) -> int | None:
     raw = env.get(name, "").strip()
     if raw == "":
@@ -98,6 +119,11 @@ class Settings:
     kb_path: Path | None = None
     fault_point: str | None = None
     log_level: str = "INFO"
+    retain_inbox_days: int = 30
+    retain_outbox_days: int = 30
+    retain_webhook_days: int = 30
+    retain_failed_days: int = 90
+    housekeeping_interval_seconds: float = 3600.0  # 0: no background pruning (``loket db prune`` still works)
     worker_metrics_port: int | None = 9108  # None: a worker serves no HTTP at all
     env: dict[str, str] = field(default_factory=dict)
 
@@ -164,6 +190,11 @@ class Settings:
             kb_path=Path(env["LOKET_KB"]) if env.get("LOKET_KB") else None,
             fault_point=env.get("LOKET_FAULT_POINT") or None,
             log_level=env.get("LOKET_LOG_LEVEL", "INFO"),
+            retain_inbox_days=_days(env, "LOKET_RETAIN_INBOX_DAYS", 30),
+            retain_outbox_days=_days(env, "LOKET_RETAIN_OUTBOX_DAYS", 30),
+            retain_webhook_days=_days(env, "LOKET_RETAIN_WEBHOOK_DAYS", 30),
+            retain_failed_days=_days(env, "LOKET_RETAIN_FAILED_DAYS", 90),
+            housekeeping_interval_seconds=non_negative(env, "LOKET_HOUSEKEEPING_INTERVAL_SECONDS", 3600.0),
             worker_metrics_port=_port_or_off(env, "LOKET_WORKER_METRICS_PORT", 9108),
             env=dict(env),
         )

@@ -64,6 +64,8 @@ class Metrics:
                                 "(each counted once, by the process that found it).", registry=r)
         self.statuses = Counter("loket_message_status_updates", "Delivery status changes of outbound messages "
                                 "(sends recorded and provider callbacks).", ["channel", "status"], registry=r)
+        self.pruned = Counter("loket_rows_pruned", "Finished queue rows deleted by the retention pass.", ["table"],
+                              registry=r)
         Gauge("loket_process_info", "This Loket process (always 1): its role.", ["role"],
               registry=r).labels(rt.role).set(1)
         ProcessCollector(registry=r)  # process_resident_memory_bytes, process_cpu_seconds_total, …
@@ -93,6 +95,9 @@ class Metrics:
             self.retries.labels(channel).inc()
         elif outcome == "failed":
             self.failures.labels(channel).inc()
+
+    def rows_pruned(self, table: str, n: int) -> None:
+        self.pruned.labels(table).inc(n)
 
     def webhook_attempt(self, event: str, result: str) -> None:
         self.webhooks.labels(event, result).inc()

@@ -66,7 +66,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from bot.attachments import AttachmentRejected, AttachmentStore
 from bot.channels.base import PermanentSendError, SendError, TransientSendError
 from bot.channels.telegram_updates import TextMessage, TextUpdate, parse_text_update
-from bot.config import ConfigError, Settings
+from bot.config import ConfigError, Settings, non_negative
 from bot.effects import Decision, Send, Touch
 from bot.events import redis_client
 from bot.messages import InboundMessage, OutboundMessage, ProviderReceipt, Reply
@@ -279,19 +279,6 @@ class RateLimiter:
 
 
 # ---------------------------------------------------------------------------------------------- the channel
-def _number(env: dict[str, str], name: str, default: float) -> float:
-    raw = env.get(name, "")
-    if raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError as exc:
-        raise ConfigError(f"{name}={raw!r} is not a number; set it to e.g. {default:g}") from exc
-    if value < 0:
-        raise ConfigError(f"{name}={raw!r} must not be negative (0 switches the limit off)")
-    return value
-
-
 class TelegramChannel:
     name = CHANNEL
 
@@ -306,13 +293,13 @@ class TelegramChannel:
         self.store = AttachmentStore(settings.data_dir)
         self.max_file_bytes = min(GETFILE_LIMIT, self.store.max_bytes)
         self.limiter = RateLimiter(
-            per_second=int(_number(env, "TELEGRAM_MAX_PER_SECOND", 30)),
-            chat_interval=_number(env, "TELEGRAM_PER_CHAT_INTERVAL", 1.0),
+            per_second=int(non_negative(env, "TELEGRAM_MAX_PER_SECOND", 30, "switches the limit off")),
+            chat_interval=non_negative(env, "TELEGRAM_PER_CHAT_INTERVAL", 1.0, "switches the limit off"),
             redis_url=settings.redis_url,
             prefix=env.get("LOKET_REDIS_PREFIX", ""),
             bot_id=self.token.split(":", 1)[0],
         )
-        self.poll_timeout = max(1, int(_number(env, "TELEGRAM_POLL_TIMEOUT", 25)))
+        self.poll_timeout = max(1, int(non_negative(env, "TELEGRAM_POLL_TIMEOUT", 25, "polls with the shortest wait, 1 s")))
         self._send_message_url = self.bot.session.api.api_url(token=self.token, method="sendMessage")
         self._timeout = ClientTimeout(total=float(self.bot.session.timeout))
         self._background: set[asyncio.Task[Any]] = set()

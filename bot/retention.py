@@ -1,0 +1,152 @@
+"""Retention: the work queues' finished rows are deleted once they are no longer needed.
+
+The durable queues keep a row for every message in and out and every outgoing webhook event. Once the work is
+done the row has served its purpose — the record lives on the customer's timeline and the message rows — but
+left alone the queue tables and their status indexes would grow for ever. What goes, and when:
+
+==========================  ======================================================  ============================
+table                       rows deleted                                            setting (days; 0 = keep)
+==========================  ======================================================  ============================
+``inbox_items``             ``done``, processed longer ago than                      ``LOKET_RETAIN_INBOX_DAYS``
+``outbox_items``            ``sent``, sent longer ago than                           ``LOKET_RETAIN_OUTBOX_DAYS``
+``webhook_deliveries``      ``delivered``, delivered longer ago than                 ``LOKET_RETAIN_WEBHOOK_DAYS``
+the three above             ``failed``, received or created longer ago than          ``LOKET_RETAIN_FAILED_DAYS``
+``console_sessions``        expired                                                  (always)
+``console_login_attempts``  older than a day (the lockout looks back 15 minutes)     (always)
+==========================  ======================================================  ============================
+
+A done inbox row is also what recognises a provider's redelivery of the same message (the unique
+``(channel, provider_message_id)``), so the inbox keeps at least a day: Telegram holds an undelivered update for
+up to 24 hours. Nothing on a customer's record is touched: messages, touchpoints, conversations stay.
+
+How the queue tables are walked: in primary-key order from the oldest row, a chunk at a time, each chunk deleted in
+its own short transaction (the live traffic waits for at most one chunk), stopping at the first chunk whose rows
+are all newer than the most recent cutoff. Ids grow with time, so one pass costs what it deletes plus the few old
+rows kept on purpose (pending or failed ones), not a scan of the table, and needs no index beyond the primary key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, Table, and_, delete, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from agent_console.models import console_sessions, login_attempts
+from bot.api.models import webhook_deliveries
+from bot.clock import aware
+from storage.models import inbox_items, outbox_items
+
+LOGIN_ATTEMPTS_KEPT = timedelta(days=1)
+CHUNK = 1000
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    """Days to keep each kind of finished row (0: keep for ever)."""
+
+    inbox_days: int = 30
+    outbox_days: int = 30
+    webhook_days: int = 30
+    failed_days: int = 90
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What to delete from one table: ``condition``; for a walked table, ``clock`` is the column that grows with
+    the id and ``boundary`` the most recent cutoff (rows with ``clock`` at or after it never qualify)."""
+
+    name: str
+    table: Table
+    condition: ColumnElement[bool]
+    clock: Any = None
+    boundary: datetime | None = None
+
+
+def _older(column: Any, now: datetime, days: int) -> ColumnElement[bool] | None:
+    return column < now - timedelta(days=days) if days > 0 else None
+
+
+def _queue_rule(name: str, table: Table, clock: Any, now: datetime,
+                parts: list[tuple[str, Any, int]]) -> Rule | None:
+    """A rule for a queue table: for each (status, time column, days) whose days are set, that status older than
+    that many days by that column."""
+    conditions = []
+    for status, column, days in parts:
+        older = _older(column, now, days)
+        if older is not None:
+            conditions.append(and_(table.c.status == status, older))
+    if not conditions:
+        return None
+    boundary = now - timedelta(days=min(days for _, _, days in parts if days > 0))
+    return Rule(name, table, or_(*conditions), clock, boundary)
+
+
+def rules(policy: RetentionPolicy, now: datetime) -> list[Rule]:
+    """What a pass deletes at ``now`` under ``policy`` (no I/O)."""
+    found: list[Rule | None] = [
+        _queue_rule("inbox_items", inbox_items, inbox_items.c.received_at, now, [
+            ("done", inbox_items.c.processed_at, policy.inbox_days),
+            ("failed", inbox_items.c.received_at, policy.failed_days)]),
+        _queue_rule("outbox_items", outbox_items, outbox_items.c.created_at, now, [
+            ("sent", outbox_items.c.sent_at, policy.outbox_days),
+            ("failed", outbox_items.c.created_at, policy.failed_days)]),
+        _queue_rule("webhook_deliveries", webhook_deliveries, webhook_deliveries.c.created_at, now, [
+            ("delivered", webhook_deliveries.c.delivered_at, policy.webhook_days),
+            ("failed", webhook_deliveries.c.created_at, policy.failed_days)]),
+        Rule("console_sessions", console_sessions, console_sessions.c.expires_at < now),
+        Rule("console_login_attempts", login_attempts, login_attempts.c.created_at < now - LOGIN_ATTEMPTS_KEPT),
+    ]
+    return [r for r in found if r is not None]
+
+
+Progress = Callable[[str, int], None]  # (rule name, rows deleted by the last chunk)
+
+
+async def count(engine: AsyncEngine, rule: Rule) -> int:
+    """How many rows the rule would delete now (a full count: for ``loket db prune --dry-run`` and its progress)."""
+    async with engine.connect() as conn:
+        return int((await conn.execute(select(func.count()).select_from(rule.table).where(rule.condition)))
+                   .scalar_one())
+
+
+async def _walk(engine: AsyncEngine, rule: Rule, chunk: int, progress: Progress | None) -> int:
+    table, pk = rule.table, rule.table.c.id
+    deleted, after = 0, 0
+    while True:
+        async with engine.begin() as conn:
+            rows = (await conn.execute(
+                select(pk, rule.clock).where(pk > after).order_by(pk).limit(chunk))).all()
+            if not rows:
+                return deleted
+            last = rows[-1][0]
+            result = await conn.execute(delete(table).where(pk > after, pk <= last, rule.condition))
+            n = max(0, result.rowcount or 0)
+        deleted += n
+        if progress is not None:
+            progress(rule.name, n)
+        after = last
+        assert rule.boundary is not None
+        if len(rows) < chunk or all((a := aware(t)) is not None and a >= rule.boundary for _, t in rows):
+            return deleted  # the end of the table, or every row from here on is newer than any cutoff
+        await asyncio.sleep(0)  # let the live traffic in between chunks
+
+
+async def prune(engine: AsyncEngine, policy: RetentionPolicy, now: datetime, *, chunk: int = CHUNK,
+                progress: Progress | None = None) -> dict[str, int]:
+    """Delete what ``policy`` lets go at ``now``; rows deleted per table."""
+    deleted: dict[str, int] = {}
+    for rule in rules(policy, now):
+        if rule.clock is not None:
+            deleted[rule.name] = await _walk(engine, rule, chunk, progress)
+            continue
+        async with engine.begin() as conn:
+            result = await conn.execute(delete(rule.table).where(rule.condition))
+        deleted[rule.name] = max(0, result.rowcount or 0)
+        if progress is not None:
+            progress(rule.name, deleted[rule.name])
+    return deleted
