@@ -24,11 +24,12 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import asyncpg
 from sqlalchemy import delete, func, select
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from stages import recreate_pg  # noqa: E402 - bench/stages.py, beside this script
 
 from bot.config import normalize_database_url  # noqa: E402
 from bot.retention import RetentionPolicy, prune  # noqa: E402
@@ -42,14 +43,9 @@ PG_DB = "loket_bench_retention"
 async def fresh_url(base: str | None, tmp: Path, name: str) -> str:
     if not base:
         return f"sqlite+aiosqlite:///{tmp / (name + '.db')}"
-    admin = base.replace("postgresql+asyncpg://", "postgresql://")
-    conn = await asyncpg.connect(admin)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return normalize_database_url(admin.rsplit("/", 1)[0] + "/" + name)
+    url = normalize_database_url(base.rsplit("/", 1)[0] + "/" + name)
+    await recreate_pg(url)
+    return url
 
 
 async def seed(url: str, rows: int, spacing: float, now: datetime) -> None:

@@ -9,8 +9,9 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bot.cli_support import run_async, settings_or_exit
+from bot.cli_support import run_async, settings_or_exit, with_engine
 from bot.clock import Clock
 from storage.db import check_database, make_engine
 
@@ -104,42 +105,30 @@ def db_prune(
     settings = settings_or_exit()
     policy = policy_from(settings)
 
-    async def go() -> dict[str, tuple[int, int]]:
-        engine = make_engine(settings.database_url)
-        try:
-            await check_database(engine)
-            now = Clock().now()
-            todo = {r.name: await count(engine, r) for r in rules(policy, now)}
-            if dry_run or not any(todo.values()):
-                return {name: (n, 0) for name, n in todo.items()}
-            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                          TimeElapsedColumn(), console=console) as progress:
-                bars = {name: progress.add_task(name, total=n) for name, n in todo.items() if n}
+    async def go(engine: AsyncEngine) -> list[tuple[str, str, int]]:
+        """(table, how long its finished rows are kept, rows due or deleted) per rule."""
+        await check_database(engine)
+        now = Clock().now()
+        due = [(r, await count(engine, r)) for r in rules(policy, now)]
+        if dry_run or not any(n for _, n in due):
+            return [(r.name, r.kept, n) for r, n in due]
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=console) as progress:
+            bars = {r.name: progress.add_task(r.name, total=n) for r, n in due if n}
 
-                def advance(name: str, n: int) -> None:
-                    if name in bars:
-                        progress.advance(bars[name], n)
+            def advance(name: str, n: int) -> None:
+                if name in bars:
+                    progress.advance(bars[name], n)
 
-                done = await prune(engine, policy, now, progress=advance)
-            return {name: (n, done.get(name, 0)) for name, n in todo.items()}
-        finally:
-            await engine.dispose()
-
-    result = run_async(go())
-    kept = {"inbox_items": policy.inbox_days, "outbox_items": policy.outbox_days,
-            "webhook_deliveries": policy.webhook_days}
-    def span(days: int) -> str:
-        return f"{days} days" if days else "for ever"
+            done = await prune(engine, policy, now, progress=advance)
+        return [(r.name, r.kept, done.get(r.name, 0)) for r, _ in due]
 
     table = Table(title="Would delete (dry run)" if dry_run else "Deleted")
     table.add_column("table")
     table.add_column("finished rows are kept")
     table.add_column("rows", justify="right")
-    for name, (due, deleted) in result.items():
-        days = kept.get(name)
-        rule = "until they expire" if name == "console_sessions" else "1 day" if days is None else (
-            f"{span(days)}; failed ones {span(policy.failed_days)}")
-        table.add_row(name, rule, f"{due if dry_run else deleted:,}")
+    for name, kept, n in run_async(with_engine(settings, go)):
+        table.add_row(name, kept, f"{n:,}")
     console.print(table)
 
 

@@ -57,49 +57,48 @@ class RetentionPolicy:
 
 @dataclass(frozen=True)
 class Rule:
-    """What to delete from one table: ``condition``; for a walked table, ``clock`` is the column that grows with
-    the id and ``boundary`` the most recent cutoff (rows with ``clock`` at or after it never qualify)."""
+    """What to delete from one table: ``condition``; ``kept``: how long its finished rows stay, in words. For a
+    walked table, ``clock`` is the column that grows with the id and ``boundary`` the most recent cutoff (rows with
+    ``clock`` at or after it never qualify)."""
 
     name: str
     table: Table
     condition: ColumnElement[bool]
+    kept: str
     clock: Any = None
     boundary: datetime | None = None
 
 
-def _older(column: Any, now: datetime, days: int) -> ColumnElement[bool] | None:
-    return column < now - timedelta(days=days) if days > 0 else None
+def _span(days: int) -> str:
+    return f"{days} days" if days else "for ever"
 
 
-def _queue_rule(name: str, table: Table, clock: Any, now: datetime,
-                parts: list[tuple[str, Any, int]]) -> Rule | None:
-    """A rule for a queue table: for each (status, time column, days) whose days are set, that status older than
-    that many days by that column."""
-    conditions = []
-    for status, column, days in parts:
-        older = _older(column, now, days)
-        if older is not None:
-            conditions.append(and_(table.c.status == status, older))
+def _queue_rule(name: str, table: Table, clock: Any, now: datetime, finished: str, finished_at: Any,
+                finished_days: int, failed_days: int) -> Rule | None:
+    """A rule for a queue table: rows in the ``finished`` status whose ``finished_at`` is older than
+    ``finished_days``, and failed rows whose ``clock`` (when they were queued) is older than ``failed_days``."""
+    conditions = [and_(table.c.status == status, column < now - timedelta(days=days))
+                  for status, column, days in ((finished, finished_at, finished_days), ("failed", clock, failed_days))
+                  if days > 0]
     if not conditions:
         return None
-    boundary = now - timedelta(days=min(days for _, _, days in parts if days > 0))
-    return Rule(name, table, or_(*conditions), clock, boundary)
+    boundary = now - timedelta(days=min(d for d in (finished_days, failed_days) if d > 0))
+    return Rule(name, table, or_(*conditions), f"{_span(finished_days)}; failed ones {_span(failed_days)}", clock,
+                boundary)
 
 
 def rules(policy: RetentionPolicy, now: datetime) -> list[Rule]:
     """What a pass deletes at ``now`` under ``policy`` (no I/O)."""
     found: list[Rule | None] = [
-        _queue_rule("inbox_items", inbox_items, inbox_items.c.received_at, now, [
-            ("done", inbox_items.c.processed_at, policy.inbox_days),
-            ("failed", inbox_items.c.received_at, policy.failed_days)]),
-        _queue_rule("outbox_items", outbox_items, outbox_items.c.created_at, now, [
-            ("sent", outbox_items.c.sent_at, policy.outbox_days),
-            ("failed", outbox_items.c.created_at, policy.failed_days)]),
-        _queue_rule("webhook_deliveries", webhook_deliveries, webhook_deliveries.c.created_at, now, [
-            ("delivered", webhook_deliveries.c.delivered_at, policy.webhook_days),
-            ("failed", webhook_deliveries.c.created_at, policy.failed_days)]),
-        Rule("console_sessions", console_sessions, console_sessions.c.expires_at < now),
-        Rule("console_login_attempts", login_attempts, login_attempts.c.created_at < now - LOGIN_ATTEMPTS_KEPT),
+        _queue_rule("inbox_items", inbox_items, inbox_items.c.received_at, now,
+                    "done", inbox_items.c.processed_at, policy.inbox_days, policy.failed_days),
+        _queue_rule("outbox_items", outbox_items, outbox_items.c.created_at, now,
+                    "sent", outbox_items.c.sent_at, policy.outbox_days, policy.failed_days),
+        _queue_rule("webhook_deliveries", webhook_deliveries, webhook_deliveries.c.created_at, now,
+                    "delivered", webhook_deliveries.c.delivered_at, policy.webhook_days, policy.failed_days),
+        Rule("console_sessions", console_sessions, console_sessions.c.expires_at < now, "until they expire"),
+        Rule("console_login_attempts", login_attempts, login_attempts.c.created_at < now - LOGIN_ATTEMPTS_KEPT,
+             f"{LOGIN_ATTEMPTS_KEPT.days} day"),
     ]
     return [r for r in found if r is not None]
 
@@ -115,7 +114,8 @@ async def count(engine: AsyncEngine, rule: Rule) -> int:
 
 
 async def _walk(engine: AsyncEngine, rule: Rule, chunk: int, progress: Progress | None) -> int:
-    table, pk = rule.table, rule.table.c.id
+    table, pk, boundary = rule.table, rule.table.c.id, rule.boundary
+    assert boundary is not None
     deleted, after = 0, 0
     while True:
         async with engine.begin() as conn:
@@ -130,8 +130,7 @@ async def _walk(engine: AsyncEngine, rule: Rule, chunk: int, progress: Progress 
         if progress is not None:
             progress(rule.name, n)
         after = last
-        assert rule.boundary is not None
-        if len(rows) < chunk or all((a := aware(t)) is not None and a >= rule.boundary for _, t in rows):
+        if len(rows) < chunk or all((a := aware(t)) is not None and a >= boundary for _, t in rows):
             return deleted  # the end of the table, or every row from here on is newer than any cutoff
         await asyncio.sleep(0)  # let the live traffic in between chunks
 
