@@ -24,7 +24,8 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Select, String, cast, func, literal, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agent_console.sla import PRIORITIES, due_times, ended, load_policies
 from bot.clock import aware
@@ -135,6 +136,23 @@ def describe_hours(hours: dict[str, Any]) -> str:
     weekly = hours.get("weekly") or {}
     parts = [f"{d} {'/'.join(f'{a}-{b}' for a, b in weekly[d])}" for d in DAYS if weekly.get(d)]
     return ", ".join(parts) + f" {hours.get('timezone', 'Asia/Jakarta')}"
+
+
+def auto_assignment_memory() -> Select[Any]:
+    """Active agent id, and the touchpoint id of their last auto-assignment (NULL: never) — the round robin's memory.
+
+    One lookup per agent in the partial index ``ix_touchpoints_auto_assigned`` (``actor, id`` of the ``assigned``
+    touchpoints): the escalation loop asks on every tick and the timeline grows by four rows per message, so this
+    must not read the timeline."""
+    actor = literal("auto:") + cast(agents.c.id, String)
+    latest = (select(func.max(touchpoints.c.id))
+              .where(touchpoints.c.kind == "assigned", touchpoints.c.actor == actor).scalar_subquery())
+    return select(agents.c.id, latest).where(agents.c.active.is_(True))
+
+
+async def last_auto_assignments(conn: AsyncConnection) -> dict[int, int]:
+    return {int(agent): int(tp) for agent, tp in (await conn.execute(auto_assignment_memory())).all()
+            if tp is not None}
 
 
 @dataclass(frozen=True)
@@ -403,9 +421,7 @@ class Escalation:
                 .where(conversations.c.state.in_(("assigned", "pending_customer")),
                        conversations.c.assignee_id.is_not(None))
                 .group_by(conversations.c.assignee_id))).all())
-            last = dict((await conn.execute(
-                select(touchpoints.c.actor, func.max(touchpoints.c.id)).where(touchpoints.c.kind == "assigned")
-                .group_by(touchpoints.c.actor))).all())
+            last = await last_auto_assignments(conn)
             membership: dict[int, set[int]] = {}
             for tm in (await conn.execute(select(team_members))).mappings().all():
                 membership.setdefault(tm["team_id"], set()).add(tm["agent_id"])
@@ -445,13 +461,12 @@ class Escalation:
                 breached_events.append(event)
 
     async def _serve_queue(self, queued: list[dict[str, Any]], team_rows: dict[int, dict[str, Any]],
-                           agent_rows: Any, loads: dict[int, int], last: dict[str, int],
+                           agent_rows: Any, loads: dict[int, int], last_assigned: dict[int, int],
                            membership: dict[int, set[int]], now: datetime, act_on_conversation: Any,
                            send_rejected: type[Exception], set_state: Any) -> None:
         rt = self.rt
         online = sum(1 for a in agent_rows if a["presence"] == "online")
         # round robin memory: the touchpoint id of each agent's last auto-assignment orders them
-        last_assigned = {int(k.split(":")[1]): v for k, v in last.items() if k and k.startswith("auto:")}
         slots = {a["id"]: AgentSlot(a["id"], a["presence"], a["max_chats"], int(loads.get(a["id"], 0)),
                                     int(last_assigned.get(a["id"], 0))) for a in agent_rows}
         seq = max([0, *last_assigned.values()])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from datetime import datetime
 from typing import Any
 
 import typer
@@ -13,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.cli_support import run_async, settings_or_exit, with_engine
 from bot.clock import Clock
-from storage.db import check_database, make_engine
+from storage.db import check_database, is_sqlite, make_engine
 
 app = typer.Typer(
     help="Loket — chat-first, omnichannel service desk bot. Start with `loket run`.",
@@ -130,6 +131,67 @@ def db_prune(
     for name, kept, n in run_async(with_engine(settings, go)):
         table.add_row(name, kept, f"{n:,}")
     console.print(table)
+
+
+@db_app.command("upkeep")
+def db_upkeep(
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only show the tables and what is due."),
+) -> None:
+    """Analyse (and, where autovacuum is off, vacuum) Loket's PostgreSQL tables that need it.
+
+    The rule is autovacuum's own: analyse a table once 50 + 10 % of its rows changed, vacuum it at 50 + 20 % dead
+    rows or 1,000 + 20 % new ones. Where autovacuum is on, only a table it has never analysed is analysed here.
+
+    `loket run` and `loket worker` do this every 15 s by themselves (LOKET_DB_UPKEEP_INTERVAL_SECONDS).
+    """
+    from storage.upkeep import due, run_upkeep, table_stats
+
+    settings = settings_or_exit()
+
+    async def go(engine: AsyncEngine) -> tuple[list[Any], dict[str, str], bool]:
+        await check_database(engine)
+        if is_sqlite(engine):
+            return [], {}, False
+        stats = await table_stats(engine)
+        if dry_run:
+            return stats, {t.table: f"due: {t.action}" for t in due(stats)}, False
+        done = await run_upkeep(engine)
+        if done is None:
+            return stats, {}, True
+        return await table_stats(engine), {d.task.table: f"{d.task.action} ({d.seconds * 1000:,.0f} ms)"
+                                           for d in done}, False
+
+    stats, actions, busy = run_async(with_engine(settings, go))
+    if not stats:
+        console.print("SQLite needs no upkeep: its planner uses the indexes without statistics, and freed pages "
+                      "are reused.")
+        return
+    if busy:
+        console.print("[yellow]another Loket process is running the upkeep pass right now; try again in a "
+                      "moment[/yellow]")
+        raise typer.Exit(1)
+    off = [s.table for s in stats if not s.autovacuum]
+    console.print("autovacuum is on for every table: Loket only makes a first analyse it has not made yet"
+                  if not off else f"autovacuum is off for {len(off)} of {len(stats)} tables: Loket analyses and "
+                  "vacuums them")
+    table = Table(title="Upkeep (dry run)" if dry_run else "Upkeep", caption="tables with no rows are not listed")
+    for col in ("table", "rows", "dead", "changed", "analysed", "action"):
+        table.add_column(col, justify="right" if col in {"rows", "dead", "changed"} else "left")
+    listed = [s for s in stats if s.live or s.dead or s.changed or s.table in actions]
+    for s in listed:
+        table.add_row(s.table, f"{s.live:,}", f"{s.dead:,}", f"{s.changed:,}", _ago(s.analyzed_at),
+                      actions.get(s.table, ""))
+    console.print(table if listed else "no table holds rows yet")
+    if not actions:
+        console.print("nothing was due")
+
+
+def _ago(at: datetime | None) -> str:
+    if at is None:
+        return "never"
+    seconds = (Clock().now() - at).total_seconds()
+    return f"{seconds:.0f} s ago" if seconds < 120 else f"{seconds / 60:.0f} min ago" if seconds < 7200 else (
+        at.strftime("%Y-%m-%d %H:%M"))
 
 
 @customers_app.command("show")

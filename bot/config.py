@@ -124,6 +124,7 @@ class Settings:
     retain_webhook_days: int = 30
     retain_failed_days: int = 90
     housekeeping_interval_seconds: float = 3600.0  # 0: no background pruning (``loket db prune`` still works)
+    db_upkeep_interval_seconds: float = 15.0  # 0: no background upkeep (``loket db upkeep`` still works)
     worker_metrics_port: int | None = 9108  # None: a worker serves no HTTP at all
     env: dict[str, str] = field(default_factory=dict)
 
@@ -195,6 +196,7 @@ class Settings:
             retain_webhook_days=_days(env, "LOKET_RETAIN_WEBHOOK_DAYS", 30),
             retain_failed_days=_days(env, "LOKET_RETAIN_FAILED_DAYS", 90),
             housekeeping_interval_seconds=non_negative(env, "LOKET_HOUSEKEEPING_INTERVAL_SECONDS", 3600.0),
+            db_upkeep_interval_seconds=non_negative(env, "LOKET_DB_UPKEEP_INTERVAL_SECONDS", 15.0),
             worker_metrics_port=_port_or_off(env, "LOKET_WORKER_METRICS_PORT", 9108),
             env=dict(env),
         )

@@ -66,6 +66,8 @@ class Metrics:
                                 "(sends recorded and provider callbacks).", ["channel", "status"], registry=r)
         self.pruned = Counter("loket_rows_pruned", "Finished queue rows deleted by the retention pass.", ["table"],
                               registry=r)
+        self.upkeep = Counter("loket_db_upkeep", "PostgreSQL tables analysed or vacuumed by Loket's upkeep pass.",
+                              ["table", "action"], registry=r)
         Gauge("loket_process_info", "This Loket process (always 1): its role.", ["role"],
               registry=r).labels(rt.role).set(1)
         ProcessCollector(registry=r)  # process_resident_memory_bytes, process_cpu_seconds_total, …
@@ -98,6 +100,9 @@ class Metrics:
 
     def rows_pruned(self, table: str, n: int) -> None:
         self.pruned.labels(table).inc(n)
+
+    def table_upkept(self, table: str, action: str) -> None:
+        self.upkeep.labels(table, action).inc()
 
     def webhook_attempt(self, event: str, result: str) -> None:
         self.webhooks.labels(event, result).inc()

@@ -17,6 +17,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -174,7 +175,12 @@ class Touchpoint(Base):
     """
 
     __tablename__ = "touchpoints"
-    __table_args__ = (Index("ix_touchpoints_customer", "customer_id", "id"),)
+    __table_args__ = (
+        Index("ix_touchpoints_customer", "customer_id", "id"),
+        # the console's round robin: each agent's last auto-assignment (migration 0005_core)
+        Index("ix_touchpoints_auto_assigned", "actor", "id", postgresql_where=text("kind = 'assigned'"),
+              sqlite_where=text("kind = 'assigned'")),
+    )
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     customer_id: Mapped[int] = mapped_column(BigId)
     conversation_id: Mapped[int | None] = mapped_column(BigId)
