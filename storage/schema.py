@@ -67,6 +67,17 @@ async def upgrade(engine: AsyncEngine) -> None:
         await conn.commit()
 
 
+async def upgrade_url(url: str) -> None:
+    """``upgrade`` the database at ``url`` with an engine of its own."""
+    from storage.db import make_engine
+
+    engine = make_engine(url)
+    try:
+        await upgrade(engine)
+    finally:
+        await engine.dispose()
+
+
 class SchemaUpgradeFailed(RuntimeError):
     """The migration child failed for a reason other than the database being out of reach."""
 
@@ -89,19 +100,11 @@ async def upgrade_in_child(url: str) -> None:
 def _child() -> int:
     from sqlalchemy.exc import DBAPIError
 
-    from storage.db import DatabaseUnavailable, make_engine
+    from storage.db import DatabaseUnavailable
 
     url = sys.stdin.read().strip()
-
-    async def run() -> None:
-        engine = make_engine(url)
-        try:
-            await upgrade(engine)
-        finally:
-            await engine.dispose()
-
     try:
-        asyncio.run(run())
+        asyncio.run(upgrade_url(url))
     except (DBAPIError, OSError, DatabaseUnavailable) as exc:
         text = str(exc).strip().splitlines()
         print(text[0] if text else type(exc).__name__, file=sys.stderr)

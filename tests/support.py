@@ -7,6 +7,7 @@ import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -60,6 +61,12 @@ class LoketServer:
     async def outbound_texts(self) -> list[str]:
         rows = await self.fetch(select(messages.c.body).where(messages.c.direction == "out").order_by(messages.c.id))
         return [r["body"] for r in rows]
+
+
+def cli_env(db_url: str, tmp_path: Path, **extra: str) -> dict[str, str]:
+    """The environment a ``loket`` command gets in a test (wide columns, so rich tables do not wrap)."""
+    return {"DATABASE_URL": db_url, "LOKET_DATA_DIR": str(tmp_path / "data"), "LOKET_SECRET_KEY": "k" * 40,
+            "COLUMNS": "200", **extra}
 
 
 async def wait_for(check: Callable[[], Awaitable[Any]], timeout: float = 10.0, interval: float = 0.05,

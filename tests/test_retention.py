@@ -22,7 +22,7 @@ from bot.retention import RetentionPolicy, prune, rules
 from storage.db import make_engine
 from storage.models import agents, inbox_items, messages, outbox_items, touchpoints
 from storage.schema import upgrade
-from tests.support import LoketServer, WebChatClient, wait_for
+from tests.support import LoketServer, WebChatClient, cli_env, wait_for
 
 DAY = timedelta(days=1)
 
@@ -212,8 +212,7 @@ def test_loket_db_prune_dry_run_then_for_real(db_url: str, tmp_path: Path, monke
 
     asyncio.run(seed())
     monkeypatch.chdir(tmp_path)
-    env = {"DATABASE_URL": db_url, "LOKET_DATA_DIR": str(tmp_path / "data"), "LOKET_SECRET_KEY": "k" * 40,
-           "COLUMNS": "200"}
+    env = cli_env(db_url, tmp_path)
     runner = CliRunner()
     dry = runner.invoke(app, ["db", "prune", "--dry-run"], env=env, catch_exceptions=False)
     assert dry.exit_code == 0, dry.output

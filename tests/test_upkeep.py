@@ -27,10 +27,10 @@ from bot.cli import app
 from bot.config import ConfigError, Settings, normalize_database_url
 from storage.db import make_engine
 from storage.models import conversations, customers, identities
-from storage.schema import upgrade
+from storage.schema import upgrade_url
 from storage.upkeep import LOCK_KEY, TableStats, Thresholds, due, run_upkeep, table_stats
 from tests.conftest import BACKEND, make_settings
-from tests.support import LoketServer, WebChatClient, wait_for
+from tests.support import LoketServer, WebChatClient, cli_env, wait_for
 
 PG_DEFAULT = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -75,11 +75,7 @@ async def pg_url(db_url: str) -> AsyncIterator[str]:
                     "or point LOKET_TEST_PG_URL at one")
     await admin.execute(f'CREATE DATABASE "{name}"')
     url = admin_url.rsplit("/", 1)[0] + "/" + name
-    engine = make_engine(url)
-    try:
-        await upgrade(engine)
-    finally:
-        await engine.dispose()
+    await upgrade_url(url)
     try:
         yield url
     finally:
@@ -270,8 +266,7 @@ def test_loket_db_upkeep_shows_what_is_due_then_does_it(pg_url: str, tmp_path: P
     asyncio.run(_without_autovacuum(pg_url, "messages"))
     asyncio.run(_messages(pg_url, 300))
     monkeypatch.chdir(tmp_path)
-    env = {"DATABASE_URL": pg_url, "LOKET_DATA_DIR": str(tmp_path / "data"), "LOKET_SECRET_KEY": "k" * 40,
-           "COLUMNS": "200"}
+    env = cli_env(pg_url, tmp_path)
     runner = CliRunner()
     dry = runner.invoke(app, ["db", "upkeep", "--dry-run"], env=env, catch_exceptions=False)
     assert dry.exit_code == 0, dry.output
@@ -291,9 +286,8 @@ def test_loket_db_upkeep_shows_what_is_due_then_does_it(pg_url: str, tmp_path: P
 
 def test_on_sqlite_there_is_nothing_to_keep_up(tmp_path: Path, monkeypatch: Any) -> None:
     monkeypatch.chdir(tmp_path)
-    env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'loket.db'}", "LOKET_DATA_DIR": str(tmp_path / "data"),
-           "LOKET_SECRET_KEY": "k" * 40}
-    out = CliRunner().invoke(app, ["db", "upkeep"], env=env, catch_exceptions=False)
+    out = CliRunner().invoke(app, ["db", "upkeep"], env=cli_env(f"sqlite:///{tmp_path / 'loket.db'}", tmp_path),
+                             catch_exceptions=False)
     assert out.exit_code == 0 and "SQLite needs no upkeep" in out.output
 
 
