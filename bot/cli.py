@@ -148,24 +148,29 @@ def db_upkeep(
 
     settings = settings_or_exit()
 
-    async def go(engine: AsyncEngine) -> tuple[list[Any], dict[str, str], bool]:
+    async def go(engine: AsyncEngine) -> tuple[bool, list[Any], dict[str, str], bool]:
+        """(SQLite?, the tables' statistics, what was done or is due per table, another process busy?)"""
         await check_database(engine)
         if is_sqlite(engine):
-            return [], {}, False
+            return True, [], {}, False
         stats = await table_stats(engine)
         if dry_run:
-            return stats, {t.table: f"due: {t.action}" for t in due(stats)}, False
+            return False, stats, {t.table: f"due: {t.action}" for t in due(stats)}, False
         done = await run_upkeep(engine)
         if done is None:
-            return stats, {}, True
-        return await table_stats(engine), {d.task.table: f"{d.task.action} ({d.seconds * 1000:,.0f} ms)"
-                                           for d in done}, False
+            return False, stats, {}, True
+        return False, await table_stats(engine), {d.task.table: f"{d.task.action} ({d.seconds * 1000:,.0f} ms)"
+                                                  for d in done}, False
 
-    stats, actions, busy = run_async(with_engine(settings, go))
-    if not stats:
+    sqlite, stats, actions, busy = run_async(with_engine(settings, go))
+    if sqlite:
         console.print("SQLite needs no upkeep: its planner uses the indexes without statistics, and freed pages "
                       "are reused.")
         return
+    if not stats:
+        console.print("[yellow]the database user owns none of Loket's tables, and only a table's owner may analyse "
+                      "or vacuum it: run this as the user that ran `loket db upgrade`, or turn autovacuum on[/yellow]")
+        raise typer.Exit(1)
     if busy:
         console.print("[yellow]another Loket process is running the upkeep pass right now; try again in a "
                       "moment[/yellow]")

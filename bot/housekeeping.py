@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from bot.config import Settings
 from bot.retention import RetentionPolicy, prune
 from storage.db import is_sqlite
-from storage.upkeep import Done, autovacuum_is_on, run_upkeep
+from storage.upkeep import Done, autovacuum_is_on, run_upkeep, table_stats
 
 if TYPE_CHECKING:
     from bot.runtime import Runtime
@@ -63,9 +63,14 @@ class Housekeeping:
         if not self._warned:
             self._warned = True
             if not await autovacuum_is_on(self.rt.engine):
-                log.warning("PostgreSQL's autovacuum is off: Loket analyses and vacuums its own tables every %gs "
-                            "(LOKET_DB_UPKEEP_INTERVAL_SECONDS); turn autovacuum on for the rest of the database",
-                            self.upkeep_interval)
+                if await table_stats(self.rt.engine):
+                    log.warning("PostgreSQL's autovacuum is off: Loket analyses and vacuums its own tables every "
+                                "%gs (LOKET_DB_UPKEEP_INTERVAL_SECONDS); turn autovacuum on for the rest of the "
+                                "database", self.upkeep_interval)
+                else:
+                    log.warning("PostgreSQL's autovacuum is off and the database user owns none of Loket's tables, "
+                                "so nothing analyses or vacuums them: turn autovacuum on, or connect as the user "
+                                "that ran `loket db upgrade`")
         done = await run_upkeep(self.rt.engine)
         self.upkeep_passes += 1
         metrics = self.rt.services.get("metrics")

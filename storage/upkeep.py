@@ -111,6 +111,7 @@ SELECT s.relname, c.reltuples, s.n_live_tup, s.n_dead_tup, s.n_mod_since_analyze
                           OR 'autovacuum_enabled=off' = ANY(c.reloptions), false)
 FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
 WHERE s.schemaname = current_schema() AND s.relname = ANY(:tables)
+  AND pg_has_role(current_user, c.relowner, 'USAGE')  -- only a table's owner may analyse or vacuum it
 ORDER BY s.relname
 """)
 
@@ -120,7 +121,8 @@ def loket_tables() -> list[str]:
 
 
 async def table_stats(engine: AsyncEngine) -> list[TableStats]:
-    """Loket's tables as PostgreSQL's statistics see them ([] on SQLite)."""
+    """Loket's tables as PostgreSQL's statistics see them ([] on SQLite). Tables owned by a role that the database
+    user is not a member of are left out: PostgreSQL would skip them with a warning on every pass."""
     if is_sqlite(engine):
         return []
     async with engine.connect() as conn:

@@ -145,11 +145,7 @@ async def _plan(conn: asyncpg.Connection) -> set[str]:
 
 
 async def _stats_of(url: str, table: str) -> TableStats | None:
-    engine = make_engine(url)
-    try:
-        return next((s for s in await table_stats(engine) if s.table == table), None)
-    finally:
-        await engine.dispose()
+    return next((s for s in await _all_stats(url) if s.table == table), None)
 
 
 async def test_the_pass_replaces_a_plan_made_while_the_table_was_nearly_empty(pg_url: str) -> None:
@@ -282,6 +278,40 @@ def test_loket_db_upkeep_shows_what_is_due_then_does_it(pg_url: str, tmp_path: P
     assert asyncio.run(_stats_of(pg_url, "messages")).analyzed_at is not None  # type: ignore[union-attr]
     again = runner.invoke(app, ["db", "upkeep"], env=env, catch_exceptions=False)
     assert "nothing was due" in again.output
+
+
+def test_only_the_tables_the_database_user_owns_are_kept_up(pg_url: str, tmp_path: Path, monkeypatch: Any) -> None:
+    """Only a table's owner may analyse or vacuum it (PostgreSQL skips the rest with a warning, every time)."""
+    role = f"loket_reader_{uuid.uuid4().hex[:8]}"
+
+    async def admin(*sql: str) -> None:
+        conn = await asyncpg.connect(_plain(pg_url))
+        try:
+            for statement in sql:
+                await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    asyncio.run(_messages(pg_url, 300))
+    asyncio.run(admin(f'CREATE ROLE "{role}" LOGIN', f'GRANT ALL ON ALL TABLES IN SCHEMA public TO "{role}"'))
+    try:
+        as_reader = pg_url.replace("://postgres@", f"://{role}@")
+        assert as_reader != pg_url
+        assert asyncio.run(_all_stats(as_reader)) == []
+        assert "messages" in {s.table for s in asyncio.run(_all_stats(pg_url))}
+        monkeypatch.chdir(tmp_path)
+        out = CliRunner().invoke(app, ["db", "upkeep"], env=cli_env(as_reader, tmp_path), catch_exceptions=False)
+        assert out.exit_code == 1 and "owns none of Loket's tables" in out.output, out.output
+    finally:
+        asyncio.run(admin(f'DROP OWNED BY "{role}"', f'DROP ROLE "{role}"'))
+
+
+async def _all_stats(url: str) -> list[TableStats]:
+    engine = make_engine(url)
+    try:
+        return await table_stats(engine)
+    finally:
+        await engine.dispose()
 
 
 def test_on_sqlite_there_is_nothing_to_keep_up(tmp_path: Path, monkeypatch: Any) -> None:
