@@ -139,8 +139,11 @@ def db_upkeep(
 ) -> None:
     """Analyse (and, where autovacuum is off, vacuum) Loket's PostgreSQL tables that need it.
 
-    The rule is autovacuum's own: analyse a table once 50 + 10 % of its rows changed, vacuum it at 50 + 20 % dead
-    rows or 1,000 + 20 % new ones. Where autovacuum is on, only a table it has never analysed is analysed here.
+    The rule is autovacuum's own: analyse a table once 50 + 10 % of its rows have changed.
+
+    Where autovacuum is off, also vacuum it at 50 + 20 % dead rows or 1,000 + 20 % new ones.
+
+    Where autovacuum is on, only a table it has never analysed is analysed here.
 
     `loket run` and `loket worker` do this every 15 s by themselves (LOKET_DB_UPKEEP_INTERVAL_SECONDS).
     """
