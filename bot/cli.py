@@ -156,14 +156,14 @@ def db_upkeep(
         await check_database(engine)
         if is_sqlite(engine):
             return True, [], {}, False
-        stats = await table_stats(engine)
         if dry_run:
+            stats = await table_stats(engine)
             return False, stats, {t.table: f"due: {t.action}" for t in due(stats)}, False
         done = await run_upkeep(engine)
+        after = await table_stats(engine)  # the tables as the pass left them (or as they are, if it was busy)
         if done is None:
-            return False, stats, {}, True
-        return False, await table_stats(engine), {d.task.table: f"{d.task.action} ({d.seconds * 1000:,.0f} ms)"
-                                                  for d in done}, False
+            return False, after, {}, True
+        return False, after, {d.task.table: f"{d.task.action} ({d.seconds * 1000:,.0f} ms)" for d in done}, False
 
     sqlite, stats, actions, busy = run_async(with_engine(settings, go))
     if sqlite:

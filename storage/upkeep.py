@@ -26,7 +26,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from storage.db import is_sqlite
 from storage.schema import load_all_models
@@ -103,10 +103,12 @@ def due(stats: list[TableStats], limits: Thresholds = Thresholds()) -> list[Task
 
 # ------------------------------------------------------------------------------------------------------------- I/O
 
-_STATS = text("""
+# autovacuum runs (it needs the statistics that track_counts collects)
+_AUTOVACUUM_ON = "current_setting('autovacuum')::boolean AND current_setting('track_counts')::boolean"
+_STATS = text(f"""
 SELECT s.relname, c.reltuples, s.n_live_tup, s.n_dead_tup, s.n_mod_since_analyze, s.n_ins_since_vacuum,
        greatest(s.last_analyze, s.last_autoanalyze), greatest(s.last_vacuum, s.last_autovacuum),
-       current_setting('autovacuum')::boolean AND current_setting('track_counts')::boolean
+       {_AUTOVACUUM_ON}
          AND NOT coalesce('autovacuum_enabled=false' = ANY(c.reloptions)
                           OR 'autovacuum_enabled=off' = ANY(c.reloptions), false)
 FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
@@ -126,7 +128,11 @@ async def table_stats(engine: AsyncEngine) -> list[TableStats]:
     if is_sqlite(engine):
         return []
     async with engine.connect() as conn:
-        rows = (await conn.execute(_STATS, {"tables": loket_tables()})).all()
+        return await _read_stats(conn)
+
+
+async def _read_stats(conn: AsyncConnection) -> list[TableStats]:
+    rows = (await conn.execute(_STATS, {"tables": loket_tables()})).all()
     return [TableStats(r[0], float(r[1]), int(r[2]), int(r[3]), int(r[4]), int(r[5]), r[6], r[7], bool(r[8]))
             for r in rows]
 
@@ -136,8 +142,7 @@ async def autovacuum_is_on(engine: AsyncEngine) -> bool:
     if is_sqlite(engine):
         return True
     async with engine.connect() as conn:
-        return bool(await conn.scalar(text(
-            "SELECT current_setting('autovacuum')::boolean AND current_setting('track_counts')::boolean")))
+        return bool(await conn.scalar(text(f"SELECT {_AUTOVACUUM_ON}")))
 
 
 @dataclass(frozen=True)
@@ -155,7 +160,7 @@ async def run_upkeep(engine: AsyncEngine, limits: Thresholds = Thresholds()) -> 
         if not await conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": LOCK_KEY}):
             return None
         try:
-            tasks = due(await table_stats(engine), limits)
+            tasks = due(await _read_stats(conn), limits)
             done: list[Done] = []
             if tasks:
                 await conn.execute(text("SET vacuum_cost_delay = '2ms'"))  # autovacuum's pace, not full speed

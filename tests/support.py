@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -11,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
+import pytest
 from aiohttp import web
 from sqlalchemy import select
 
@@ -61,6 +64,30 @@ class LoketServer:
     async def outbound_texts(self) -> list[str]:
         rows = await self.fetch(select(messages.c.body).where(messages.c.direction == "out").order_by(messages.c.id))
         return [r["body"] for r in rows]
+
+
+LOCAL_PG = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def local_pg_url() -> str:
+    """The local PostgreSQL that tests about PostgreSQL use on the SQLite pass (``LOKET_TEST_PG_URL``)."""
+    from bot.config import normalize_database_url
+
+    return normalize_database_url(os.environ.get("LOKET_TEST_PG_URL", LOCAL_PG))
+
+
+def asyncpg_dsn(url: str) -> str:
+    """A SQLAlchemy PostgreSQL URL as asyncpg takes it."""
+    return url.replace("postgresql+asyncpg://", "postgresql://")
+
+
+async def pg_connect_or_fail(url: str) -> asyncpg.Connection:
+    """A connection to the PostgreSQL at ``url``; the test fails (never skips) if it does not answer."""
+    try:
+        return await asyncpg.connect(asyncpg_dsn(url), timeout=5)
+    except Exception as exc:  # noqa: BLE001
+        pytest.fail(f"PostgreSQL at {url} does not answer ({exc}); start it (see README → Development) "
+                    "or point LOKET_TEST_PG_URL at one")
 
 
 def cli_env(db_url: str, tmp_path: Path, **extra: str) -> dict[str, str]:

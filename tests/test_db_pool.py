@@ -8,7 +8,6 @@ either way. This is about the PostgreSQL engine, so on the SQLite pass it runs a
 from __future__ import annotations
 
 import asyncio
-import os
 from typing import Any
 
 import asyncpg
@@ -20,21 +19,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bot.config import normalize_database_url
 from storage import db
 from storage.db import make_engine
-
-PG_DEFAULT = "postgresql://postgres@127.0.0.1:5432/test"
+from tests.support import asyncpg_dsn, local_pg_url, pg_connect_or_fail
 
 
 @pytest.fixture
 async def pg_url(db_url: str) -> str:
     """The suite's PostgreSQL database, or on the SQLite pass the local one (as Redis, it must be running)."""
-    url = normalize_database_url(db_url if db_url.startswith("postgresql")
-                                 else os.environ.get("LOKET_TEST_PG_URL", PG_DEFAULT))
-    try:
-        conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"), timeout=5)
-    except Exception as exc:  # noqa: BLE001
-        pytest.fail(f"PostgreSQL at {url} does not answer ({exc}); start it (see README → Development) "
-                    "or point LOKET_TEST_PG_URL at one")
-    await conn.close()
+    url = normalize_database_url(db_url) if db_url.startswith("postgresql") else local_pg_url()
+    await (await pg_connect_or_fail(url)).close()
     return url
 
 
@@ -63,7 +55,7 @@ async def test_a_connection_terminated_in_the_pool_is_replaced_at_checkout(
         pg_url: str, idle: bool, pings: list[Any]) -> None:
     url = pg_url
     engine = make_engine(url)
-    admin = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+    admin = await asyncpg.connect(asyncpg_dsn(url))
     try:
         pids = await _two_pids(engine)
         assert await admin.fetchval(

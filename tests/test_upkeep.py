@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import uuid
 from collections.abc import AsyncIterator
@@ -24,15 +23,21 @@ from sqlalchemy import insert, select
 from typer.testing import CliRunner
 
 from bot.cli import app
-from bot.config import ConfigError, Settings, normalize_database_url
+from bot.config import ConfigError, Settings
 from storage.db import make_engine
 from storage.models import conversations, customers, identities
 from storage.schema import upgrade_url
 from storage.upkeep import LOCK_KEY, TableStats, Thresholds, due, run_upkeep, table_stats
 from tests.conftest import BACKEND, make_settings
-from tests.support import LoketServer, WebChatClient, cli_env, wait_for
-
-PG_DEFAULT = "postgresql://postgres@127.0.0.1:5432/test"
+from tests.support import (
+    LoketServer,
+    WebChatClient,
+    asyncpg_dsn,
+    cli_env,
+    local_pg_url,
+    pg_connect_or_fail,
+    wait_for,
+)
 
 
 def _stats(table: str = "messages", rows: float = 1000, dead: int = 0, changed: int = 0, inserted: int = 0,
@@ -66,13 +71,9 @@ async def pg_url(db_url: str) -> AsyncIterator[str]:
     if BACKEND == "postgresql":
         yield db_url
         return
-    admin_url = normalize_database_url(os.environ.get("LOKET_TEST_PG_URL", PG_DEFAULT))
+    admin_url = local_pg_url()
     name = f"loket_upkeep_{uuid.uuid4().hex[:8]}"
-    try:
-        admin = await asyncpg.connect(_plain(admin_url), timeout=5)
-    except Exception as exc:  # noqa: BLE001
-        pytest.fail(f"PostgreSQL at {admin_url} does not answer ({exc}); start it (see README → Development) "
-                    "or point LOKET_TEST_PG_URL at one")
+    admin = await pg_connect_or_fail(admin_url)
     await admin.execute(f'CREATE DATABASE "{name}"')
     url = admin_url.rsplit("/", 1)[0] + "/" + name
     await upgrade_url(url)
@@ -83,12 +84,8 @@ async def pg_url(db_url: str) -> AsyncIterator[str]:
         await admin.close()
 
 
-def _plain(url: str) -> str:
-    return url.replace("postgresql+asyncpg://", "postgresql://")
-
-
 async def _without_autovacuum(url: str, *tables: str) -> None:
-    conn = await asyncpg.connect(_plain(url))
+    conn = await asyncpg.connect(asyncpg_dsn(url))
     try:
         for table in tables:
             await conn.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = false)")
@@ -115,7 +112,7 @@ async def _messages(url: str, n: int) -> None:
                     .returning(conversations.c.id))).scalar_one()
     finally:
         await engine.dispose()
-    conn = await asyncpg.connect(_plain(url))
+    conn = await asyncpg.connect(asyncpg_dsn(url))
     try:
         await conn.execute(
             "INSERT INTO messages (conversation_id, customer_id, channel, direction, author, body, status, "
@@ -153,7 +150,7 @@ async def test_the_pass_replaces_a_plan_made_while_the_table_was_nearly_empty(pg
     (a sequential scan) is kept as the table grows — until the table is analysed."""
     await _without_autovacuum(pg_url, "messages")
     await _messages(pg_url, 3)
-    app_conn = await asyncpg.connect(_plain(pg_url))
+    app_conn = await asyncpg.connect(asyncpg_dsn(pg_url))
     engine = make_engine(pg_url)
     try:
         # a generic plan, as a prepared statement gets after five runs, made now while the table has three rows
@@ -192,7 +189,7 @@ async def test_dead_rows_are_vacuumed_where_autovacuum_is_off(pg_url: str) -> No
     engine = make_engine(pg_url)
     try:
         await run_upkeep(engine)  # the first analyse and vacuum of the new rows
-        conn = await asyncpg.connect(_plain(pg_url))
+        conn = await asyncpg.connect(asyncpg_dsn(pg_url))
         try:
             await conn.execute("UPDATE messages SET status = 'read' WHERE id % 2 = 0")  # 1,000 dead row versions
         finally:
@@ -217,7 +214,7 @@ async def test_dead_rows_are_vacuumed_where_autovacuum_is_off(pg_url: str) -> No
 async def test_one_process_at_a_time_runs_the_pass(pg_url: str) -> None:
     await _without_autovacuum(pg_url, "messages")
     await _messages(pg_url, 500)
-    other = await asyncpg.connect(_plain(pg_url))
+    other = await asyncpg.connect(asyncpg_dsn(pg_url))
     engine = make_engine(pg_url)
     try:
         await wait_for(lambda: _changed(pg_url, 500), what="the statistics")
@@ -285,7 +282,7 @@ def test_only_the_tables_the_database_user_owns_are_kept_up(pg_url: str, tmp_pat
     role = f"loket_reader_{uuid.uuid4().hex[:8]}"
 
     async def admin(*sql: str) -> None:
-        conn = await asyncpg.connect(_plain(pg_url))
+        conn = await asyncpg.connect(asyncpg_dsn(pg_url))
         try:
             for statement in sql:
                 await conn.execute(statement)
