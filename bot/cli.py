@@ -122,6 +122,11 @@ def db_prune(
                     progress.advance(bars[name], n)
 
             done = await prune(engine, policy, now, progress=advance)
+        if done is None:
+            console.print("[red]Another Loket process is pruning this database right now[/red] (the background "
+                          "pass of `loket run` or `loket worker`); it deletes the same rows. Run this again when it "
+                          "has finished, or see its progress in that process's log.")
+            raise typer.Exit(1)
         return [(r.name, r.kept, done.get(r.name, 0)) for r, _ in due]
 
     table = Table(title="Would delete (dry run)" if dry_run else "Deleted")

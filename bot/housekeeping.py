@@ -3,8 +3,9 @@ and, on PostgreSQL, the upkeep pass (``storage/upkeep.py``).
 
 Retention: the first pass runs a minute after start (or after the interval, if shorter), then one every
 ``LOKET_HOUSEKEEPING_INTERVAL_SECONDS`` (default an hour; 0 switches the background pass off — ``loket db prune``
-does the same by hand). With several workers each runs its own pass: deleting is idempotent, and a second pass
-over the same rows finds them gone. Rows deleted are counted on ``/metrics`` as ``loket_rows_pruned_total``.
+does the same by hand). With several workers on one PostgreSQL database, one process at a time runs a pass; the
+others find its lock taken and wait for their next turn. Rows deleted are counted on ``/metrics`` as
+``loket_rows_pruned_total``.
 
 Upkeep: five seconds after start (or after the interval, if shorter), then every
 ``LOKET_DB_UPKEEP_INTERVAL_SECONDS`` (default 15; 0 = off; ``loket db upkeep`` by hand). A pass that finds nothing
@@ -47,9 +48,12 @@ class Housekeeping:
         self.upkeep_passes = 0
         self._warned = False
 
-    async def run_once(self) -> dict[str, int]:
+    async def run_once(self) -> dict[str, int] | None:
         deleted = await prune(self.rt.engine, self.policy, self.rt.clock.now())
         self.passes += 1
+        if deleted is None:
+            log.info("retention: another process is running the pass on this database; leaving it to that one")
+            return None
         metrics = self.rt.services.get("metrics")
         for table, n in deleted.items():
             if metrics is not None and n:

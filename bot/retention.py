@@ -23,6 +23,8 @@ How the queue tables are walked: in primary-key order from the oldest row, a chu
 its own short transaction (the live traffic waits for at most one chunk), stopping at the first chunk whose rows
 are all newer than the most recent cutoff. Ids grow with time, so one pass costs what it deletes plus the few old
 rows kept on purpose (pending or failed ones), not a scan of the table, and needs no index beyond the primary key.
+On PostgreSQL one process at a time runs a pass (an advisory lock): with several workers on one database, the
+others leave the work to the one at it until their next turn, rather than walking the same rows behind it.
 """
 
 from __future__ import annotations
@@ -39,10 +41,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from agent_console.models import console_sessions, login_attempts
 from bot.api.models import webhook_deliveries
 from bot.clock import aware
+from storage.advisory import exclusive
+from storage.db import is_sqlite
 from storage.models import inbox_items, outbox_items
 
 LOGIN_ATTEMPTS_KEPT = timedelta(days=1)
 CHUNK = 1000
+# pg_try_advisory_lock key of the pass (any constant; "loket rt" in ASCII): one process at a time prunes
+LOCK_KEY = 0x6C6F6B6574207274
 
 
 @dataclass(frozen=True)
@@ -136,8 +142,19 @@ async def _walk(engine: AsyncEngine, rule: Rule, chunk: int, progress: Progress 
 
 
 async def prune(engine: AsyncEngine, policy: RetentionPolicy, now: datetime, *, chunk: int = CHUNK,
-                progress: Progress | None = None) -> dict[str, int]:
-    """Delete what ``policy`` lets go at ``now``; rows deleted per table."""
+                progress: Progress | None = None) -> dict[str, int] | None:
+    """Delete what ``policy`` lets go at ``now``; rows deleted per table. None: another process is running a pass
+    on this PostgreSQL database right now (it deletes the same rows)."""
+    if is_sqlite(engine):
+        return await _prune(engine, policy, now, chunk, progress)
+    async with exclusive(engine, LOCK_KEY) as held:
+        if held is None:
+            return None
+        return await _prune(engine, policy, now, chunk, progress)
+
+
+async def _prune(engine: AsyncEngine, policy: RetentionPolicy, now: datetime, chunk: int,
+                 progress: Progress | None) -> dict[str, int]:
     deleted: dict[str, int] = {}
     for rule in rules(policy, now):
         if rule.clock is not None:

@@ -28,6 +28,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from storage.advisory import exclusive
 from storage.db import is_sqlite
 from storage.schema import load_all_models
 
@@ -155,9 +156,8 @@ async def run_upkeep(engine: AsyncEngine, limits: Thresholds = Thresholds()) -> 
     """One pass: what ``due`` finds, done table by table. None if another process holds the pass's lock."""
     if is_sqlite(engine):
         return []
-    async with engine.connect() as base:
-        conn = await base.execution_options(isolation_level="AUTOCOMMIT")  # VACUUM cannot run in a transaction
-        if not await conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": LOCK_KEY}):
+    async with exclusive(engine, LOCK_KEY) as conn:  # autocommit: VACUUM cannot run in a transaction
+        if conn is None:
             return None
         try:
             tasks = due(await _read_stats(conn), limits)
@@ -171,7 +171,6 @@ async def run_upkeep(engine: AsyncEngine, limits: Thresholds = Thresholds()) -> 
             return done
         finally:
             await conn.execute(text("RESET vacuum_cost_delay"))
-            await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": LOCK_KEY})
 
 
 def _command(dialect: Any, task: Task) -> str:

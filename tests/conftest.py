@@ -26,8 +26,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from bot.config import Settings, normalize_database_url
 from storage.db import make_engine
-from storage.schema import upgrade
-from tests.support import LoketServer
+from storage.schema import upgrade, upgrade_url
+from tests.support import LoketServer, local_pg_url, pg_connect_or_fail
 
 CI = os.environ.get("CI", "").lower() == "true"
 PG_URL = os.environ.get("DATABASE_URL", "")
@@ -212,6 +212,26 @@ async def empty_db_url(db_factory: DatabaseFactory) -> AsyncIterator[str]:
     url = await db_factory.new_empty()
     yield url
     db_factory.release(url)
+
+
+@pytest.fixture
+async def pg_url(db_url: str) -> AsyncIterator[str]:
+    """For tests of what only PostgreSQL has (advisory locks, planner statistics): the suite's database on the
+    PostgreSQL pass, on the SQLite pass a fresh migrated one on the local PostgreSQL (it must be running, as Redis)."""
+    if BACKEND == "postgresql":
+        yield db_url
+        return
+    admin_url = local_pg_url()
+    name = f"loket_pg_{uuid.uuid4().hex[:8]}"
+    admin = await pg_connect_or_fail(admin_url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = admin_url.rsplit("/", 1)[0] + "/" + name
+    await upgrade_url(url)
+    try:
+        yield url
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
 
 
 @pytest.fixture

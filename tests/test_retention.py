@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 import pytest
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -18,11 +19,12 @@ from agent_console.models import console_sessions, login_attempts
 from bot.api.models import webhook_deliveries, webhook_subscriptions
 from bot.cli import app
 from bot.config import ConfigError, Settings
+from bot.retention import LOCK_KEY as RETENTION_LOCK
 from bot.retention import RetentionPolicy, prune, rules
 from storage.db import make_engine
 from storage.models import agents, inbox_items, messages, outbox_items, touchpoints
 from storage.schema import upgrade
-from tests.support import LoketServer, WebChatClient, cli_env, wait_for
+from tests.support import LoketServer, WebChatClient, asyncpg_dsn, cli_env, wait_for
 
 DAY = timedelta(days=1)
 
@@ -238,3 +240,30 @@ def test_retention_settings_are_read_and_checked(tmp_path: Path) -> None:
         Settings.from_env({**base, "LOKET_RETAIN_OUTBOX_DAYS": "a week"})
     with pytest.raises(ConfigError, match=r"LOKET_HOUSEKEEPING_INTERVAL_SECONDS='-1' must not be negative \(0 switches it off\)"):
         Settings.from_env({**base, "LOKET_HOUSEKEEPING_INTERVAL_SECONDS": "-1"})
+
+
+async def test_one_process_at_a_time_prunes_a_postgresql_database(pg_url: str, tmp_path: Path) -> None:
+    """A second pass (another worker's, or `loket db prune`) leaves the rows to the one holding the pass's lock."""
+    engine = make_engine(pg_url)
+    other = await asyncpg.connect(asyncpg_dsn(pg_url))
+    try:
+        now = datetime.now(UTC)
+        for i in range(3):
+            await _inbox(engine, f"lock-done-{i}", "done", now - 40 * DAY)
+        assert await other.fetchval("SELECT pg_try_advisory_lock($1)", RETENTION_LOCK)
+        assert await prune(engine, RetentionPolicy(), now) is None
+        assert await _count(engine, inbox_items) == 3  # nothing deleted behind the other pass
+        env = cli_env(pg_url, tmp_path)
+        held = await asyncio.to_thread(CliRunner().invoke, app, ["db", "prune"], env=env)
+        assert held.exit_code == 1, held.output
+        assert "Another Loket process is pruning this database right now" in held.output
+        assert await _count(engine, inbox_items) == 3
+        await other.execute("SELECT pg_advisory_unlock($1)", RETENTION_LOCK)
+        deleted = await prune(engine, RetentionPolicy(), now)
+        assert deleted is not None and deleted["inbox_items"] == 3
+        assert await _count(engine, inbox_items) == 0
+        # the pass let its own lock go: the other session can take it now
+        assert await other.fetchval("SELECT pg_try_advisory_lock($1)", RETENTION_LOCK)
+    finally:
+        await other.close()
+        await engine.dispose()

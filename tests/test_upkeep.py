@@ -11,7 +11,6 @@ import asyncio
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,16 +25,13 @@ from bot.cli import app
 from bot.config import ConfigError, Settings
 from storage.db import make_engine
 from storage.models import conversations, customers, identities
-from storage.schema import upgrade_url
 from storage.upkeep import LOCK_KEY, TableStats, Thresholds, due, run_upkeep, table_stats
-from tests.conftest import BACKEND, make_settings
+from tests.conftest import make_settings
 from tests.support import (
     LoketServer,
     WebChatClient,
     asyncpg_dsn,
     cli_env,
-    local_pg_url,
-    pg_connect_or_fail,
     wait_for,
 )
 
@@ -63,25 +59,6 @@ def test_due_is_autovacuums_rule_for_the_tables_autovacuum_does_not_look_after()
     assert [t.action for t in due([_stats(changed=11)], Thresholds(analyze_base=10, analyze_scale=0))] == ["analyze"]
     reason = due([_stats(changed=151, dead=300)])[0].reason
     assert "151 rows changed since it was last analysed (over 150)" in reason and "300 dead rows (over 250)" in reason
-
-
-@pytest.fixture
-async def pg_url(db_url: str) -> AsyncIterator[str]:
-    """The suite's PostgreSQL database, or on the SQLite pass a fresh migrated one on the local PostgreSQL."""
-    if BACKEND == "postgresql":
-        yield db_url
-        return
-    admin_url = local_pg_url()
-    name = f"loket_upkeep_{uuid.uuid4().hex[:8]}"
-    admin = await pg_connect_or_fail(admin_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = admin_url.rsplit("/", 1)[0] + "/" + name
-    await upgrade_url(url)
-    try:
-        yield url
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 async def _without_autovacuum(url: str, *tables: str) -> None:
