@@ -215,9 +215,7 @@ def started(now: datetime) -> dict[str, Any]:
     return {"sla": {"start": now.isoformat()}, "sla_breached": None}
 
 
-def episode_start(conv: dict[str, Any]) -> datetime | None:
-    """When the conversation's last SLA clock started (for the dashboard's response times)."""
-    sla = (conv.get("meta") or {}).get("sla")
-    if isinstance(sla, dict) and sla.get("start"):
-        return datetime.fromisoformat(sla["start"])
-    return aware(conv.get("queued_at"))
+def episode_start(sla_start: str | None, queued_at: datetime | None) -> datetime | None:
+    """When the conversation's last SLA clock started (for the dashboard's response times): ``meta.sla.start``
+    where the SLA loop set it, else when the conversation was queued."""
+    return datetime.fromisoformat(sla_start) if sla_start else aware(queued_at)

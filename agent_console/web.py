@@ -10,7 +10,7 @@ import asyncio
 import json
 import logging
 import secrets
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -20,7 +20,7 @@ import jinja2
 from aiohttp import WSMsgType, web
 from sqlalchemy import delete, insert, or_, select, update
 
-from agent_console import auth, kb_editor, sla, sla_admin
+from agent_console import auth, dashboard, kb_editor, sla, sla_admin
 from agent_console.escalation import csat_question, sla_state
 from agent_console.i18n import ui
 from agent_console.models import canned_replies, labels, notes
@@ -521,44 +521,9 @@ class Console:
         now = self.now()
         since = now - timedelta(days=int(request.query.get("days", "30")))
         async with self.rt.engine.connect() as conn:
-            convs = [dict(r) for r in (await conn.execute(
-                select(conversations).where(conversations.c.created_at >= since))).mappings()]
-            msgs_in = (await conn.execute(select(messages.c.channel, messages.c.created_at).where(
-                messages.c.direction == "in", messages.c.created_at >= since))).all()
-            breaches = (await conn.execute(select(touchpoints.c.id).where(
-                touchpoints.c.kind == "sla_breached", touchpoints.c.created_at >= since))).all()
-            human = set((await conn.execute(select(touchpoints.c.conversation_id).where(
-                touchpoints.c.kind.in_(("escalated", "assigned")), touchpoints.c.created_at >= since))).scalars())
-            agent_rows = (await conn.execute(select(agents).where(agents.c.active.is_(True)))).mappings().all()
-            appts = await appointment_stats(conn, since)
-        by_channel = Counter(ch for ch, _ in msgs_in)
-        by_hour = Counter(aware(at).hour for _, at in msgs_in)  # type: ignore[union-attr]
-        resolved = [c for c in convs if c["state"] == "resolved" or c["resolved_at"]]
-        bot_only = [c for c in resolved if c["id"] not in human and c["assignee_id"] is None]
-        total = len(convs) or 1
-        fr = minutes_since_start(convs, "first_response_at")
-        rs = minutes_since_start(convs, "resolved_at")
-        scores = [c["csat_score"] for c in convs if c["csat_score"]]
-        load = Counter(c["assignee_id"] for c in convs if c["state"] in OPEN_STATES and c["assignee_id"])
-        stats = {
-            "conversations": len(convs),
-            "deflection": round(100 * len(bot_only) / total, 1) if convs else 0.0,
-            "first_response_avg": round(sum(fr) / len(fr), 1) if fr else None,
-            "resolution_avg": round(sum(rs) / len(rs), 1) if rs else None,
-            "breaches": len(breaches),
-            "csat_avg": round(sum(scores) / len(scores), 2) if scores else None,
-            "csat_count": len(scores),
-        }
-        charts = {
-            "channel": bars(sorted(by_channel.items())),
-            "hour": bars([(f"{h:02d}", by_hour.get(h, 0)) for h in range(24)], width=720),
-            "csat": bars([(str(s), scores.count(s)) for s in range(1, 6)]),
-            "load": bars([(a["name"], load.get(a["id"], 0)) for a in agent_rows]),
-        }
-        if appts:
-            charts["appointments"] = bars(appts["status"])
-            charts["patients"] = bars(appts["months"])
-        return self.render(request, "dashboard.html", me=me, stats=stats, charts=charts, appts=appts)
+            fig = await dashboard.read(conn, since, now)
+        return self.render(request, "dashboard.html", me=me, stats=fig.stats, charts=dashboard.charts(fig),
+                           appts=fig.appointments)
 
     # ------------------------------------------------------------ admin
     async def canned_page(self, request: web.Request, me: dict[str, Any]) -> web.Response:
@@ -698,16 +663,6 @@ def _bot_handover(handover: dict[str, Any] | None) -> dict[str, Any]:
     return {("bot_reason" if k == "reason" else k): v for k, v in h.items() if k != "team" and v is not None}
 
 
-def minutes_since_start(convs: list[dict[str, Any]], done_key: str) -> list[float]:
-    """Minutes from the start of each conversation's SLA episode to ``done_key`` (first response, resolution)."""
-    out = []
-    for c in convs:
-        start, done = sla.episode_start(c), aware(c[done_key])
-        if start is not None and done is not None and done >= start:
-            out.append((done - start).total_seconds() / 60)
-    return out
-
-
 def _safe_name(name: str) -> str:
     return "".join(c for c in name if c.isalnum() or c in "._- ")[:100] or "file"
 
@@ -717,47 +672,6 @@ def fill(body: str, variables: dict[str, str]) -> str:
     for key, value in variables.items():
         body = body.replace("{{" + key + "}}", value).replace("{{ " + key + " }}", value)
     return body
-
-
-def bars(data: list[tuple[str, int]], width: int = 360, height: int = 140) -> dict[str, Any]:
-    """Geometry for a server-rendered SVG bar chart (the template draws it)."""
-    n = max(len(data), 1)
-    top = max([v for _, v in data] + [1])
-    slot = width / n
-    out = []
-    for i, (label, value) in enumerate(data):
-        h = (height - 20) * value / top
-        out.append({"label": str(label), "value": value, "x": round(i * slot + 2, 1), "w": round(slot - 4, 1),
-                    "y": round(height - 16 - h, 1), "h": round(h, 1), "tx": round(i * slot + slot / 2, 1)})
-    return {"bars": out, "width": width, "height": height}
-
-
-async def appointment_stats(conn: Any, since: datetime) -> dict[str, Any] | None:
-    """Confirmed / cancelled / no-show and patients per month, when the appointments tables exist."""
-    from sqlalchemy import MetaData, inspect
-
-    def has(sync_conn: Any) -> bool:
-        return "appointments" in inspect(sync_conn).get_table_names()
-
-    if not await conn.run_sync(has):
-        return None
-    md = MetaData()
-    appt = await conn.run_sync(lambda c: __import__("sqlalchemy").Table("appointments", md, autoload_with=c))
-    cols = appt.c
-    status_col = cols.get("status")
-    start_col = next((cols[n] for n in ("starts_at", "start_at", "created_at") if n in cols), None)
-    cust_col = cols.get("customer_id")
-    if status_col is None or start_col is None:
-        return None
-    rows = (await conn.execute(select(status_col, start_col, *( [cust_col] if cust_col is not None else [])))).all()
-    status = Counter(r[0] for r in rows)
-    months: dict[str, set[Any]] = defaultdict(set)
-    for r in rows:
-        if r[1] is not None:
-            months[aware(r[1]).strftime("%Y-%m")].add(r[2] if cust_col is not None else id(r))  # type: ignore[union-attr]
-    return {"status": [(s, status.get(s, 0)) for s in ("confirmed", "cancelled", "no_show", "completed")
-                       if s in status] or sorted(status.items()),
-            "months": sorted((m, len(p)) for m, p in months.items())[-12:]}
 
 
 async def erase_customer(conn: Any, cust_id: int) -> None:

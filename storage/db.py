@@ -6,13 +6,14 @@ import time
 from typing import Any
 
 import orjson
-from sqlalchemy import ARRAY, Boolean, any_, bindparam, event
+from sqlalchemy import ARRAY, Boolean, Integer, any_, bindparam, event
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.sql.visitors import InternalTraversal
 
 
@@ -123,6 +124,26 @@ def _one_of_postgresql(element: OneOf, compiler: Any, **kw: Any) -> str:
 @compiles(OneOf)
 def _one_of_default(element: OneOf, compiler: Any, **kw: Any) -> str:
     return str(compiler.process(element.column.in_(bindparam(element.name, expanding=True)), **kw))
+
+
+class utc_hour(FunctionElement[int]):  # noqa: N801 - used like a SQL function
+    """The hour of day (0-23, UTC) of a timestamp column, rendered per dialect: for counts per hour in SQL."""
+
+    type = Integer()
+    inherit_cache = True
+    name = "utc_hour"
+
+
+@compiles(utc_hour, "postgresql")
+def _utc_hour_postgresql(element: utc_hour, compiler: Any, **kw: Any) -> str:
+    # timestamptz: the hour in UTC whatever the session's TimeZone
+    return f"CAST(EXTRACT(HOUR FROM timezone('UTC', {compiler.process(element.clauses, **kw)})) AS INTEGER)"
+
+
+@compiles(utc_hour)
+def _utc_hour_default(element: utc_hour, compiler: Any, **kw: Any) -> str:
+    # SQLite: SQLAlchemy stores a DateTime as 'YYYY-MM-DD HH:MM:SS.ffffff' in UTC
+    return f"CAST(strftime('%H', {compiler.process(element.clauses, **kw)}) AS INTEGER)"
 
 
 def one_of(column: Any, name: str) -> OneOf:
