@@ -30,4 +30,7 @@ async def exclusive(engine: AsyncEngine, key: int) -> AsyncIterator[AsyncConnect
         try:
             yield conn
         finally:
-            await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+            try:
+                await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+            except Exception:  # noqa: BLE001 - never pool a connection that may still hold the lock
+                await base.invalidate()  # closing the session releases its locks
