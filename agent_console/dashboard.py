@@ -55,13 +55,23 @@ async def read(conn: AsyncConnection, since: datetime, now: datetime) -> Figures
         touchpoints.c.kind == "sla_breached", touchpoints.c.created_at >= since))).scalar_one()
     human = set((await conn.execute(select(touchpoints.c.conversation_id).distinct().where(
         touchpoints.c.kind.in_(("escalated", "assigned")), touchpoints.c.created_at >= since))).scalars())
-    agent_rows = (await conn.execute(
-        select(agents.c.id, agents.c.name).where(agents.c.active.is_(True)).order_by(agents.c.id))).all()
+    agent_rows = [(aid, name) for aid, name in (await conn.execute(
+        select(agents.c.id, agents.c.name).where(agents.c.active.is_(True)).order_by(agents.c.id))).all()]
+    fig = figures(convs, [(ch, int(h), int(n)) for ch, h, n in msgs_in], int(breaches), human, agent_rows)
+    fig.appointments = await appointment_stats(conn, since, now)
+    return fig
+
+
+def figures(convs: list[dict[str, Any]], msgs_in: list[tuple[str, int, int]], breaches: int, human: set[int],
+            agent_rows: list[tuple[int, str]]) -> Figures:
+    """The figures from what ``read`` fetched (no I/O): the window's conversations (``CONVERSATION_COLUMNS``),
+    customer messages as (channel, UTC hour, count), SLA breaches, the conversations a person took part in, and
+    the active agents as (id, name)."""
     by_channel: Counter[str] = Counter()
     by_hour: Counter[int] = Counter()
     for channel, h, n in msgs_in:
         by_channel[channel] += n
-        by_hour[int(h)] += n
+        by_hour[h] += n
     resolved = [c for c in convs if c["state"] == "resolved" or c["resolved_at"]]
     bot_only = [c for c in resolved if c["id"] not in human and c["assignee_id"] is None]
     fr = minutes_since_start(convs, "first_response_at")
@@ -73,13 +83,12 @@ async def read(conn: AsyncConnection, since: datetime, now: datetime) -> Figures
         "deflection": round(100 * len(bot_only) / len(convs), 1) if convs else 0.0,
         "first_response_avg": round(sum(fr) / len(fr), 1) if fr else None,
         "resolution_avg": round(sum(rs) / len(rs), 1) if rs else None,
-        "breaches": int(breaches),
+        "breaches": breaches,
         "csat_avg": round(sum(scores) / len(scores), 2) if scores else None,
         "csat_count": len(scores),
     }
     return Figures(stats=stats, by_channel=dict(by_channel), by_hour=dict(by_hour), csat=dict(Counter(scores)),
-                   load=[(name, load.get(aid, 0)) for aid, name in agent_rows],
-                   appointments=await appointment_stats(conn, since, now))
+                   load=[(name, load.get(aid, 0)) for aid, name in agent_rows])
 
 
 def minutes_since_start(convs: list[dict[str, Any]], done_key: str) -> list[float]:
