@@ -19,11 +19,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from agent_console import sla
 from agent_console.escalation import OPEN_STATES
 from bot.appointments import reports
+from bot.appointments.models import STATUSES as appointment_statuses
 from bot.clock import aware
 from storage.db import utc_hour
 from storage.models import agents, conversations, messages, touchpoints
 
-APPOINTMENT_STATUSES = ("booked", "confirmed", "rescheduled", "cancelled", "no_show", "done")
 # What the dashboard reads of each conversation: of ``meta`` only the SLA episode's start
 CONVERSATION_COLUMNS = (
     conversations.c.id, conversations.c.state, conversations.c.assignee_id, conversations.c.queued_at,
@@ -137,5 +137,5 @@ async def appointment_stats(conn: AsyncConnection, since: datetime, now: datetim
     months = await reports.monthly(conn, now)
     if not summary["total"] and not any(m["appointments"] for m in months):
         return None
-    return {"status": [(s, summary[s]) for s in APPOINTMENT_STATUSES if summary[s]],
+    return {"status": [(s, summary[s]) for s in appointment_statuses if summary[s]],
             "months": [(m["month"], m["patients"]) for m in months]}

@@ -42,6 +42,10 @@ class AppointmentProvider(Base):
     created_at: Mapped[datetime] = mapped_column(TZ)
 
 
+# Every status an appointment can have, in the order reports list them
+STATUSES = ("booked", "confirmed", "rescheduled", "cancelled", "no_show", "done")
+
+
 class Appointment(Base):
     __tablename__ = "appointments"
     __table_args__ = (

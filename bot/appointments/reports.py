@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from bot.appointments.models import appointments_t, reminders_t
+from bot.appointments.models import STATUSES, appointments_t, reminders_t
 from bot.clock import aware
 
 
@@ -22,7 +22,7 @@ async def status_summary(conn: AsyncConnection, start: datetime, end: datetime) 
             appointments_t.c.start_at >= start, appointments_t.c.start_at < end
         ).group_by(appointments_t.c.status)
     )).all()
-    counts = {s: 0 for s in ("booked", "confirmed", "rescheduled", "cancelled", "no_show", "done")}
+    counts = {s: 0 for s in STATUSES}
     counts.update({r[0]: int(r[1]) for r in rows})
     total = sum(counts.values())
     attended = counts["done"] + counts["no_show"]

@@ -18,7 +18,7 @@ from babel.dates import format_datetime
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from bot.appointments.models import appointments_t, providers_t, reminders_t, services_t
+from bot.appointments.models import STATUSES, appointments_t, providers_t, reminders_t, services_t
 from bot.clock import aware
 from storage.models import customers, identities
 from storage.repositories import add_touchpoint, find_or_create_customer, merge_customers
@@ -500,9 +500,8 @@ async def plan_reminders(conn: AsyncConnection, appt_id: int, start: datetime, s
 async def set_status(conn: AsyncConnection, appt_id: int, status: str, now: datetime, actor: str,
                      conversation_id: int | None = None, channel: str | None = None) -> dict[str, Any]:
     """Change an appointment's status with a touchpoint; closing it skips the reminders still waiting."""
-    if status not in ("booked", "confirmed", "rescheduled", "cancelled", "no_show", "done"):
-        raise AppointmentError(f"status {status!r} must be one of booked, confirmed, rescheduled, cancelled, "
-                               "no_show, done")
+    if status not in STATUSES:
+        raise AppointmentError(f"status {status!r} must be one of {', '.join(STATUSES)}")
     row = (await conn.execute(select(appointments_t).where(appointments_t.c.id == appt_id))).mappings().first()
     if row is None:
         raise AppointmentError(f"no appointment with id {appt_id}")
