@@ -60,7 +60,7 @@ async def _seed(conn: Any, now: datetime) -> None:
     await touch(c2, "assigned", day2)
     await touch(c3, "sla_breached", day3)
     await touch(old, "sla_breached", now - timedelta(days=40))
-    three_am, two_pm = (now - timedelta(days=2)).replace(hour=3, minute=15), (now - timedelta(days=2)).replace(hour=14)
+    three_am, two_pm = (now - timedelta(days=2)).replace(hour=3, minute=15), (now - timedelta(days=2)).replace(hour=14, minute=10)
     for conv, channel, direction, at in (
             (c1, "whatsapp", "in", three_am), (c1, "whatsapp", "in", three_am + timedelta(minutes=1)),
             (c1, "whatsapp", "out", three_am + timedelta(minutes=2)), (c2, "telegram", "in", two_pm),
