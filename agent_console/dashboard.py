@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agent_console import sla
@@ -22,7 +22,7 @@ from bot.appointments import reports
 from bot.appointments.models import STATUSES as appointment_statuses
 from bot.clock import aware
 from storage.db import utc_hour
-from storage.models import agents, conversations, messages, touchpoints
+from storage.models import HANDOFFS, SLA_BREACHED, agents, conversations, messages, touchpoints
 
 # What the dashboard reads of each conversation: of ``meta`` only the SLA episode's start
 CONVERSATION_COLUMNS = (
@@ -30,6 +30,18 @@ CONVERSATION_COLUMNS = (
     conversations.c.first_response_at, conversations.c.resolved_at, conversations.c.csat_score,
     conversations.c.meta["sla"]["start"].as_string().label("sla_start"),
 )
+
+
+_HOUR = utc_hour(messages.c.created_at)
+# A window's customer messages per channel and UTC hour (PostgreSQL reads only the window's pages, through the
+# block-range index on the date), its SLA breaches and the conversations handed to a person (partial indexes on
+# the timeline, their conditions written as in the indexes, see storage.models): migration 0006_core.
+MESSAGES_IN = (select(messages.c.channel, _HOUR, func.count())
+               .where(messages.c.direction == "in", messages.c.created_at >= bindparam("since"))
+               .group_by(messages.c.channel, _HOUR))
+BREACHES = select(func.count()).select_from(touchpoints).where(SLA_BREACHED, touchpoints.c.created_at >= bindparam("since"))
+HANDED_OVER = select(touchpoints.c.conversation_id).distinct().where(
+    HANDOFFS, touchpoints.c.created_at >= bindparam("since"))
 
 
 @dataclass
@@ -48,13 +60,9 @@ async def read(conn: AsyncConnection, since: datetime, now: datetime) -> Figures
     """The figures of conversations started and customer messages received since ``since``."""
     convs = [dict(r) for r in (await conn.execute(
         select(*CONVERSATION_COLUMNS).where(conversations.c.created_at >= since))).mappings()]
-    hour = utc_hour(messages.c.created_at)
-    msgs_in = (await conn.execute(select(messages.c.channel, hour, func.count()).where(
-        messages.c.direction == "in", messages.c.created_at >= since).group_by(messages.c.channel, hour))).all()
-    breaches = (await conn.execute(select(func.count()).select_from(touchpoints).where(
-        touchpoints.c.kind == "sla_breached", touchpoints.c.created_at >= since))).scalar_one()
-    human = set((await conn.execute(select(touchpoints.c.conversation_id).distinct().where(
-        touchpoints.c.kind.in_(("escalated", "assigned")), touchpoints.c.created_at >= since))).scalars())
+    msgs_in = (await conn.execute(MESSAGES_IN, {"since": since})).all()
+    breaches = (await conn.execute(BREACHES, {"since": since})).scalar_one()
+    human = set((await conn.execute(HANDED_OVER, {"since": since})).scalars())
     agent_rows = [(aid, name) for aid, name in (await conn.execute(
         select(agents.c.id, agents.c.name).where(agents.c.active.is_(True)).order_by(agents.c.id))).all()]
     fig = figures(convs, [(ch, int(h), int(n)) for ch, h, n in msgs_in], int(breaches), human, agent_rows)

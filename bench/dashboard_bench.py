@@ -44,13 +44,14 @@ async def _put(engine: AsyncEngine, table: Any, rows: list[dict[str, Any]]) -> N
 
 
 async def seed(engine: AsyncEngine, n_conv: int, per_conv: int, agent_ids: list[int]) -> dict[str, int]:
-    """A month of history, ids assigned here (the tables are empty)."""
+    """A month of history, oldest first, ids assigned here (the tables are empty)."""
     rnd = random.Random(7)
     now = Clock().now()
     custs, idents, convs, msgs, tps = [], [], [], [], []
     mid = 0
-    for c in range(1, n_conv + 1):
-        start = now - timedelta(seconds=rnd.uniform(0, 30 * 86_400))
+    # rows go in roughly in time order, as a desk writes them (the block-range index on messages relies on it)
+    starts = sorted(now - timedelta(seconds=rnd.uniform(0, 30 * 86_400)) for _ in range(n_conv))
+    for c, start in enumerate(starts, start=1):
         channel = rnd.choice(CHANNELS)
         custs.append({"id": c, "display_name": f"Pelanggan {c}", "language": "id", "timezone": "Asia/Jakarta", "tags": [],
                       "attributes": {}, "opted_out": False, "created_at": start, "last_seen_at": start})

@@ -144,6 +144,11 @@ class Message(Base):
     __table_args__ = (
         UniqueConstraint("channel", "channel_message_id", name="uq_message_channel_id"),
         Index("ix_messages_conversation", "conversation_id", "id"),
+        # PostgreSQL: a block-range index on the date (migration 0006_core). Messages are appended in time order
+        # and never deleted, so a range of pages holds a narrow span of dates: the supervisor dashboard reads
+        # only a window's pages, and a new row costs next to nothing (the newest range is summarised later, by
+        # the upkeep pass's VACUUM). SQLite has no such index; a B-tree would cost every message an insertion.
+        Index("ix_messages_created_brin", "created_at", postgresql_using="brin").ddl_if(dialect="postgresql"),
     )
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     conversation_id: Mapped[int] = mapped_column(BigId, ForeignKey("conversations.id"))
@@ -165,6 +170,13 @@ class Message(Base):
     delivered_at: Mapped[datetime | None] = mapped_column(TZ)
 
 
+# Touchpoint kinds the supervisor dashboard counts, written once for its partial indexes and its queries, as
+# literals: a generic plan of a prepared statement (PostgreSQL) cannot use a partial index for a kind given as a
+# parameter.
+SLA_BREACHED = text("kind = 'sla_breached'")
+HANDOFFS = text("kind IN ('escalated', 'assigned')")
+
+
 class Touchpoint(Base):
     """One line on the customer's timeline. Append-only.
 
@@ -180,6 +192,11 @@ class Touchpoint(Base):
         # the console's round robin: each agent's last auto-assignment (migration 0005_core)
         Index("ix_touchpoints_auto_assigned", "actor", "id", postgresql_where=text("kind = 'assigned'"),
               sqlite_where=text("kind = 'assigned'")),
+        # the supervisor dashboard's breaches and hand-overs of a window (migration 0006_core): partial, so the
+        # other kinds (nearly every row) cost nothing to write
+        Index("ix_touchpoints_sla_breached", "created_at", postgresql_where=SLA_BREACHED, sqlite_where=SLA_BREACHED),
+        Index("ix_touchpoints_handoffs", "created_at", "conversation_id", postgresql_where=HANDOFFS,
+              sqlite_where=HANDOFFS),
     )
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     customer_id: Mapped[int] = mapped_column(BigId)

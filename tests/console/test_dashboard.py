@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy import insert
 
-from agent_console.dashboard import charts, read
+from agent_console.dashboard import BREACHES, HANDED_OVER, MESSAGES_IN, charts, read
 from bot.appointments.models import appointments_t
 from storage.db import make_engine
 from storage.models import agents, conversations, customers, identities, messages, touchpoints
@@ -123,3 +123,34 @@ async def test_appointments_of_the_window_are_charted(db_url: str) -> None:
     months = fig.appointments["months"]
     assert len(months) == 12 and sum(n for _, n in months) >= 2  # patients per month over the last year
     assert "appointments" in charts(fig) and "patients" in charts(fig)
+
+
+async def _plan(conn: Any, stmt: Any, since: datetime) -> str:
+    """The database's plan of one of the dashboard's statements, as text naming the indexes it reads."""
+    compiled = stmt.compile(dialect=conn.dialect)
+    params = compiled.construct_params({"since": since})
+    args = tuple(params[k] for k in compiled.positiontup)
+    if conn.dialect.name == "sqlite":
+        rows = await conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}", args)
+        return " | ".join(str(r[-1]) for r in rows)
+    await conn.exec_driver_sql("SET LOCAL enable_seqscan = off")  # a test table is small enough to read whole
+    rows = await conn.exec_driver_sql(f"EXPLAIN {compiled}", args)
+    return " | ".join(str(r[0]) for r in rows)
+
+
+async def test_a_window_is_read_through_the_dashboard_indexes(db_url: str) -> None:
+    """The window's breaches and hand-overs come from the timeline's partial indexes, and on PostgreSQL the
+    window's customer messages from the block-range index on their date: a short window does not read the whole
+    history (0006_core)."""
+    engine = make_engine(db_url)
+    since = datetime.now(UTC) - timedelta(days=7)
+    try:
+        async with engine.begin() as conn:
+            assert "ix_touchpoints_sla_breached" in await _plan(conn, BREACHES, since)
+            assert "ix_touchpoints_handoffs" in await _plan(conn, HANDED_OVER, since)
+            if conn.dialect.name == "postgresql":
+                assert "ix_messages_created_brin" in await _plan(conn, MESSAGES_IN, since)
+            await _seed(conn, datetime.now(UTC))  # and the figures read through them are the same
+            assert (await conn.execute(BREACHES, {"since": since})).scalar_one() == 1
+    finally:
+        await engine.dispose()
