@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import re
+from typing import Any
 
-from sqlalchemy import event, func, select
+from sqlalchemy import event, func, select, update
 
+from bot.effects import Decision
 from bot.messages import InboundMessage
-from storage.models import inbox_items, messages
+from bot.router import RouteContext
+from storage.models import conversations, inbox_items, messages
+from storage.unit_of_work import update_row
 from tests.support import LoketServer, wait_for
 
 _INBOX_UPDATE = re.compile(r'UPDATE\s+"?inbox_items"?', re.IGNORECASE)
@@ -64,3 +68,36 @@ async def test_what_the_store_leaves_pending_is_answered_after_in_order_and_once
     # the second message is routed only after the first was answered: in, out, in, out
     assert [d for d, _ in pair] == ["in", "out", "in", "out"]
     assert [pmid for d, pmid in pair if d == "in"] == ["pair-1", "pair-2"]
+
+
+async def test_the_router_sees_what_a_pre_route_hook_wrote(loket: LoketServer) -> None:
+    """The batch's conversations are read after the pre-route hooks: when a hook writes to one (through the unit
+    of work, or with a statement of its own), the router sees the conversation as the hook left it. (A change that
+    read them with the identities, before the hooks, must read them again after a hook wrote.)"""
+    seen: list[tuple[str, str, list[str]]] = []
+
+    async def spy(ctx: RouteContext) -> Decision | None:
+        seen.append((ctx.message.text, ctx.conversation.priority, ctx.conversation.labels))
+        return None
+
+    async def hook(conn: Any, msg: InboundMessage, identity: dict[str, Any], customer: dict[str, Any],
+                   pipeline: Any) -> bool:
+        newest = (await conn.execute(select(conversations.c.id).where(conversations.c.identity_id == identity["id"])
+                                     .order_by(conversations.c.id.desc()).limit(1))).scalar()
+        if newest is not None and msg.text == "urgent":  # written by the unit of work, with the batch
+            await update_row(conn, conversations, newest, {"priority": "urgent"})
+        elif newest is not None and msg.text == "vip":  # a statement of its own
+            await conn.execute(update(conversations).where(conversations.c.id == newest).values(labels=["vip"]))
+        return False  # neither changes the identity or the customer
+
+    loket.rt.router.add("spy", spy, order=1)
+    loket.rt.pipeline.pre_route_hooks.append(hook)
+    for n, text in enumerate(["halo", "urgent", "vip", "lagi"], start=1):
+        assert await loket.rt.inbox.submit(_msg("hooked", n, text))
+
+        async def routed(n: int = n) -> bool:
+            return len(seen) >= n
+
+        await wait_for(routed)
+    assert seen == [("halo", "normal", []), ("urgent", "urgent", []), ("vip", "urgent", ["vip"]),
+                    ("lagi", "urgent", ["vip"])]
