@@ -209,14 +209,26 @@ class Touchpoint(Base):
     created_at: Mapped[datetime] = mapped_column(TZ)
 
 
+# The queues' status indexes on PostgreSQL hold only the rows not yet finished (migration 0007_core): a message's
+# inbox row goes in already ``done`` and its reply's outbox row ends ``sent``, so the indexes the claims and the
+# per-conversation checks read stay as small as the work waiting, and a message costs PostgreSQL four fewer index
+# insertions (bulk-measured: inbox inserts 2.5 -> 1.1 s, the outbox's updates to ``sent`` 2.6 -> 1.2 s per 200,000).
+# A query that should use them names its statuses as constants (``storage.db.constant``): from a parameter a
+# prepared statement's generic plan cannot tell that its rows are in the index. SQLite keeps whole indexes: it
+# would use a partial one only for a query that repeats the index's own condition.
+INBOX_UNFINISHED = text("status <> 'done'")
+OUTBOX_UNFINISHED = text("status <> 'sent'")
+
+
 class InboxItem(Base):
     """Durable inbound work: persisted before the webhook is acknowledged."""
 
     __tablename__ = "inbox_items"
     __table_args__ = (
         UniqueConstraint("channel", "provider_message_id", name="uq_inbox_provider_id"),
-        Index("ix_inbox_status_id", "status", "id"),
-        Index("ix_inbox_key_status", "key", "status", "id"),
+        # PostgreSQL: only the rows still to do are indexed (migration 0007_core)
+        Index("ix_inbox_status_id", "status", "id", postgresql_where=INBOX_UNFINISHED),
+        Index("ix_inbox_key_status", "key", "status", "id", postgresql_where=INBOX_UNFINISHED),
     )
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     channel: Mapped[str] = mapped_column(String(16))
@@ -235,8 +247,8 @@ class OutboxItem(Base):
 
     __tablename__ = "outbox_items"
     __table_args__ = (
-        Index("ix_outbox_status_id", "status", "id"),
-        Index("ix_outbox_key_status", "key", "status", "id"),
+        Index("ix_outbox_status_id", "status", "id", postgresql_where=OUTBOX_UNFINISHED),
+        Index("ix_outbox_key_status", "key", "status", "id", postgresql_where=OUTBOX_UNFINISHED),
     )
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     message_id: Mapped[int] = mapped_column(BigId, ForeignKey("messages.id"), unique=True)
