@@ -226,7 +226,9 @@ async def test_the_background_pass_analyses_what_the_traffic_wrote(pg_url: str, 
         text = await wait_for(metrics, timeout=30, what="the background pass to analyse messages")
         assert re.search(r'loket_db_upkeep_total\{action="[a-z +]+",table="touchpoints"\}', text)
         stats = await _stats_of(pg_url, "messages")
-        assert stats is not None and stats.analyzed_at is not None and stats.rows >= 60
+        # analysed once over 50 changes, which count a reply's status update as well as its insert: at least 34
+        # messages by then (34 inserts + 17 updates), whenever the pass came round (CI once saw 44)
+        assert stats is not None and stats.analyzed_at is not None and stats.rows >= 34
         assert loket.rt.services["housekeeping"].upkeep_passes >= 1
     finally:
         await loket.stop()
