@@ -24,8 +24,8 @@ from bot.channels.base import ChannelRegistry, PermanentSendError, SendError, Tr
 from bot.clock import Clock, aware
 from bot.faults import fault
 from bot.messages import OutboundMessage, ProviderReceipt, Reply
-from storage.db import constant, is_sqlite, one_of
-from storage.models import conversations, identities, messages, outbox_items
+from storage.db import is_sqlite, one_of
+from storage.models import PENDING, SENDING, UNSENT, conversations, identities, messages, outbox_items
 from storage.repositories import add_touchpoint
 from storage.unit_of_work import update_row, write_only
 
@@ -34,26 +34,24 @@ log = logging.getLogger("loket.dispatcher")
 EXPIRY_CHECK_SECONDS = 5.0
 
 _EARLIER = outbox_items.alias("earlier")
-# statuses as constants in the text: PostgreSQL's partial status indexes (storage.models, OUTBOX_UNFINISHED)
-_PENDING, _SENDING = constant("pending"), constant("sending")
 # only the oldest unsent row of each conversation key: its messages go out in order
 _HEAD_OF_KEY = ~exists().where(
     _EARLIER.c.key == outbox_items.c.key,
-    _EARLIER.c.status.in_([_PENDING, _SENDING]),
+    _EARLIER.c.status.in_(UNSENT),
     _EARLIER.c.id < outbox_items.c.id,
 )
 # Due rows in id order (index status, id), each checked with one seek (index key, status, id); the cost
 # follows the batch, not the backlog.
 _CLAIMABLE_SQLITE = (
     select(outbox_items.c.id)
-    .where(outbox_items.c.status == _PENDING, outbox_items.c.next_attempt_at <= bindparam("now"), _HEAD_OF_KEY)
+    .where(outbox_items.c.status == PENDING, outbox_items.c.next_attempt_at <= bindparam("now"), _HEAD_OF_KEY)
     .order_by(outbox_items.c.id)
     .limit(bindparam("n"))
 )
 # claims whose lease ran out (their process died or hung): looked for every few seconds, not on every claim
 _EXPIRED_SQLITE = (
     select(outbox_items.c.id, outbox_items.c.locked_by, outbox_items.c.message_id)
-    .where(outbox_items.c.status == _SENDING, outbox_items.c.locked_until < bindparam("now"), _HEAD_OF_KEY)
+    .where(outbox_items.c.status == SENDING, outbox_items.c.locked_until < bindparam("now"), _HEAD_OF_KEY)
     .order_by(outbox_items.c.id)
     .limit(bindparam("n"))
 )
@@ -161,7 +159,7 @@ class Dispatcher:
         host = os.uname().nodename
         async with self.engine.begin() as conn:
             holders = [r[0] for r in (await conn.execute(
-                select(outbox_items.c.locked_by).where(outbox_items.c.status == _SENDING).distinct()
+                select(outbox_items.c.locked_by).where(outbox_items.c.status == SENDING).distinct()
             )).all() if r[0]]
             dead = []
             for holder in holders:
@@ -173,7 +171,7 @@ class Dispatcher:
                 return 0
             result = await conn.execute(
                 update(outbox_items)
-                .where(outbox_items.c.status == _SENDING, outbox_items.c.locked_by.in_(dead))
+                .where(outbox_items.c.status == SENDING, outbox_items.c.locked_by.in_(dead))
                 .values(status="pending", locked_by=None, locked_until=None, next_attempt_at=self.clock.now())
             )
         log.warning("took back %s sends claimed by crashed processes %s", result.rowcount, dead)

@@ -28,8 +28,7 @@ from prometheus_client import (
 from sqlalchemy import func, select
 
 from bot.clock import aware
-from storage.db import constant
-from storage.models import conversations, inbox_items, outbox_items
+from storage.models import PENDING, UNSENT, conversations, inbox_items, outbox_items
 
 if TYPE_CHECKING:
     from bot.runtime import Runtime
@@ -123,8 +122,8 @@ class Metrics:
         c = conversations.c
         async with self.rt.engine.connect() as conn:
             for queue, table, ts, pending in (
-                ("inbox", inbox_items, inbox_items.c.received_at, inbox_items.c.status == constant("pending")),
-                ("outbox", outbox_items, outbox_items.c.created_at, outbox_items.c.status.in_([constant("pending"), constant("sending")])),
+                ("inbox", inbox_items, inbox_items.c.received_at, inbox_items.c.status == PENDING),
+                ("outbox", outbox_items, outbox_items.c.created_at, outbox_items.c.status.in_(UNSENT)),
                 ("webhooks", webhook_deliveries, webhook_deliveries.c.created_at,
                  webhook_deliveries.c.status.in_(["pending", "delivering"])),
             ):

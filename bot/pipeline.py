@@ -39,8 +39,18 @@ from bot.faults import fault
 from bot.messages import InboundMessage, Reply
 from bot.router import ConversationView, CustomerView, RouteContext, Router
 from bot.texts import detect_language
-from storage.db import constant, insert_ignore, is_sqlite, one_of
-from storage.models import conversations, customers, identities, inbox_items, messages, outbox_items, teams
+from storage.db import insert_ignore, is_sqlite, one_of
+from storage.models import (
+    PENDING,
+    UNSENT,
+    conversations,
+    customers,
+    identities,
+    inbox_items,
+    messages,
+    outbox_items,
+    teams,
+)
 from storage.repositories import add_touchpoint, find_identities, find_or_create_customer
 from storage.unit_of_work import current as current_uow
 from storage.unit_of_work import insert, unit_of_work, update_row
@@ -65,17 +75,14 @@ _LATEST_CONVERSATIONS = select(conversations, _LAST_CHOICES).where(
     )
 )
 _EARLIER_IN = inbox_items.alias("earlier")
-# statuses as constants in the text: PostgreSQL's partial status indexes (storage.models, INBOX_UNFINISHED)
-_PENDING = constant("pending")
-_UNSENT = [constant("pending"), constant("sending")]
 # The oldest pending item of each key: pending rows in id order (index status, id), each checked with one
 # seek (index key, status, id) for an older pending item of its key. Stops after ``n``: the cost follows the
 # batch, not the backlog.
 _CLAIM_SQLITE = (
     select(inbox_items.c.id, inbox_items.c.key, inbox_items.c.payload, inbox_items.c.attempts)
     .where(
-        inbox_items.c.status == _PENDING,
-        ~exists().where(_EARLIER_IN.c.key == inbox_items.c.key, _EARLIER_IN.c.status == _PENDING,
+        inbox_items.c.status == PENDING,
+        ~exists().where(_EARLIER_IN.c.key == inbox_items.c.key, _EARLIER_IN.c.status == PENDING,
                         _EARLIER_IN.c.id < inbox_items.c.id),
     )
     .order_by(inbox_items.c.id)
@@ -86,12 +93,12 @@ _CLAIM_PG = _CLAIM_SQLITE.with_for_update(skip_locked=True, of=inbox_items)
 # an older item of its key still pending (not one of the batch just stored), and an unsent reply of its key.
 # ``key``: the key expression to correlate with, or None in a query over the table's own keys.
 def _older_pending(not_in_batch: Any, key: Any = None) -> Any:
-    cond = and_(inbox_items.c.status == _PENDING, not_in_batch)
+    cond = and_(inbox_items.c.status == PENDING, not_in_batch)
     return cond if key is None else and_(inbox_items.c.key == key, cond)
 
 
 def _unsent_reply(key: Any = None) -> Any:
-    cond = outbox_items.c.status.in_(_UNSENT)
+    cond = outbox_items.c.status.in_(UNSENT)
     return cond if key is None else and_(outbox_items.c.key == key, cond)
 
 

@@ -21,6 +21,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from storage.db import constant
+
 # BIGINT primary keys on PostgreSQL, INTEGER (rowid alias, autoincrement) on SQLite.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 TZ = DateTime(timezone=True)
@@ -218,6 +220,11 @@ class Touchpoint(Base):
 # would use a partial one only for a query that repeats the index's own condition.
 INBOX_UNFINISHED = text("status <> 'done'")
 OUTBOX_UNFINISHED = text("status <> 'sent'")
+# the statuses the claims and checks filter on, as constants (both queues say ``pending``; a reply is unsent
+# while it is pending or being sent)
+PENDING = constant("pending")
+SENDING = constant("sending")
+UNSENT = (PENDING, SENDING)
 
 
 class InboxItem(Base):
