@@ -69,33 +69,28 @@ async def _generic_plan(conn: asyncpg.Connection, name: str, stmt: Any, dialect:
 async def test_claims_and_checks_read_only_unfinished_rows_in_their_generic_plans(pg_url: str) -> None:
     engine = make_engine(pg_url)
     conn = await asyncpg.connect(asyncpg_dsn(pg_url))
+    rows = conn.transaction()  # rolled back at the end: the suite's database stays as it was
+    await rows.start()
     try:
-        async with conn.transaction():
-            await _queues(conn, 20_000)
-            sizes = dict(await conn.fetch(
-                "SELECT indexrelname, pg_relation_size(indexrelid) / 8192 FROM pg_stat_user_indexes "
-                "WHERE indexrelname IN ('ix_inbox_status_id', 'ix_outbox_status_id', 'inbox_items_pkey')"))
-            # 20,000 finished rows in the table, five in the status index: it stays the size of the work waiting
-            assert sizes["ix_inbox_status_id"] <= 2 < sizes["inbox_items_pkey"]
-            assert sizes["ix_outbox_status_id"] <= 2
-            await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
-            dialect = engine.dialect
-            claim = await _generic_plan(conn, "claim_inbox", _CLAIM_PG, dialect, {"n": 64})
-            assert _reads(claim, "inbox_items") <= {"ix_inbox_status_id", "ix_inbox_key_status"}, claim
-            claim = await _generic_plan(conn, "claim_outbox", _CLAIMABLE_PG, dialect, {"now": NOW, "n": 64})
-            assert _reads(claim, "outbox_items") <= {"ix_outbox_status_id", "ix_outbox_key_status"}, claim
-            store = await _generic_plan(conn, "store", _STORE_AND_CHECK_PG, dialect, {
-                "channel": ["webchat"], "provider_message_id": ["new-1"], "key": ["webchat:v1"],
-                "payload": ['{"text": "halo"}'], "received_at": [NOW]})
-            assert _reads(store, "inbox_items") == {"ix_inbox_key_status"}, store
-            assert _reads(store, "outbox_items") == {"ix_outbox_key_status"}, store
-            raise _Rollback
-    except _Rollback:
-        pass
+        await _queues(conn, 20_000)
+        sizes = dict(await conn.fetch(
+            "SELECT indexrelname, pg_relation_size(indexrelid) / 8192 FROM pg_stat_user_indexes "
+            "WHERE indexrelname IN ('ix_inbox_status_id', 'ix_outbox_status_id', 'inbox_items_pkey')"))
+        # 20,000 finished rows in the table, five in the status index: it stays the size of the work waiting
+        assert sizes["ix_inbox_status_id"] <= 2 < sizes["inbox_items_pkey"]
+        assert sizes["ix_outbox_status_id"] <= 2
+        await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        dialect = engine.dialect
+        claim = await _generic_plan(conn, "claim_inbox", _CLAIM_PG, dialect, {"n": 64})
+        assert _reads(claim, "inbox_items") <= {"ix_inbox_status_id", "ix_inbox_key_status"}, claim
+        claim = await _generic_plan(conn, "claim_outbox", _CLAIMABLE_PG, dialect, {"now": NOW, "n": 64})
+        assert _reads(claim, "outbox_items") <= {"ix_outbox_status_id", "ix_outbox_key_status"}, claim
+        store = await _generic_plan(conn, "store", _STORE_AND_CHECK_PG, dialect, {
+            "channel": ["webchat"], "provider_message_id": ["new-1"], "key": ["webchat:v1"],
+            "payload": ['{"text": "halo"}'], "received_at": [NOW]})
+        assert _reads(store, "inbox_items") == {"ix_inbox_key_status"}, store
+        assert _reads(store, "outbox_items") == {"ix_outbox_key_status"}, store
     finally:
+        await rows.rollback()
         await conn.close()
         await engine.dispose()
-
-
-class _Rollback(Exception):
-    """Leave the suite's database as it was."""
