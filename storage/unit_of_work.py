@@ -139,39 +139,67 @@ def _plan(table: Table, kind: str, columns: tuple[str, ...], dialect: str) -> tu
     return plan
 
 
-_pg_plans: dict[tuple[tuple[Table, str, tuple[str, ...]], ...], tuple[str, list[Any]]] = {}
+# A flush's shape: each step's table, kind and columns, and which of its columns hold one value in every row
+Steps = tuple[tuple[Table, str, tuple[str, ...]], ...]
+_pg_plans: dict[tuple[Steps, tuple[tuple[int, ...], ...]], str] = {}
+# Statements per flush shape with different constant columns, at most; then that shape's flushes send arrays
+# only. Each statement is prepared on each pooled connection, whose cache of prepared statements is bounded.
+_PG_VARIANTS = 8
+_pg_variants: dict[Steps, int] = {}
 
 
-def _pg_array_type(table: Table, column: str) -> str:
-    return f"{table.c[column].type.compile(dialect=postgresql.dialect())}[]"
+def _pg_type(table: Table, column: str) -> str:
+    return str(table.c[column].type.compile(dialect=postgresql.dialect()))
 
 
-def _pg_plan(steps: tuple[tuple[Table, str, tuple[str, ...]], ...]) -> tuple[str, list[Any]]:
-    """PostgreSQL: every insert and update of a flush as one statement (one round trip), and each step's
-    row → parameter tuple. Each step is a data-modifying ``WITH`` part fed by ``unnest`` of one array per
-    column, so the statement text depends on the shapes only, never on the number of rows (one prepared
-    statement per shape). Foreign keys are checked at the end of the statement, so the parts' order is free.
+def _pg_plan(steps: Steps, constant: tuple[tuple[int, ...], ...]) -> str:
+    """PostgreSQL: every insert and update of a flush as one statement (one round trip). Each step is a
+    data-modifying ``WITH`` part fed by ``unnest`` of one array per column; a column whose rows all hold the same
+    value (``constant[i]``: its positions in the step's row tuples) is one scalar parameter instead. The text
+    depends on the shapes only, never on the number of rows: one prepared statement per shape, and a batch has
+    few (a timestamp, a channel, the NULLs of a reply: the same columns are constant batch after batch, and they
+    are ~40 % of a flush's values, each of which costs the driver an encoding and the database a decoding).
+    Foreign keys are checked at the end of the statement, so the parts' order is free.
     """
-    plan = _pg_plans.get(steps)
-    if plan is not None:
-        return plan
+    key = (steps, constant)
+    sql = _pg_plans.get(key)
+    if sql is not None:
+        return sql
     parts: list[str] = []
-    converts: list[Any] = []
     n = 0
-    for i, (table, kind, cols) in enumerate(steps):
+    for i, ((table, kind, cols), fixed) in enumerate(zip(steps, constant, strict=True)):
         order = cols if kind == "insert" else (*cols, "id")  # the order of ``_plan``'s row tuples
-        arrays = ", ".join(f"${n + j + 1}::{_pg_array_type(table, c)}" for j, c in enumerate(order))
-        n += len(order)
-        quoted = [f'"{c}"' for c in order]
+        values: list[str] = []  # each column's value in a row of the step: a scalar or the unnest's column
+        arrays: list[str] = []
+        names: list[str] = []
+        for j, c in enumerate(order):
+            n += 1
+            if j in fixed:
+                values.append(f"${n}::{_pg_type(table, c)}")
+            else:
+                arrays.append(f"${n}::{_pg_type(table, c)}[]")
+                names.append(f'"{c}"')
+                values.append(f'v."{c}"')
+        unnest = f"unnest({', '.join(arrays)}) AS v({', '.join(names)})"
         if kind == "insert":
-            parts.append(f'w{i} AS (INSERT INTO "{table.name}" ({", ".join(quoted)}) SELECT * FROM unnest({arrays}))')
+            quoted = ", ".join(f'"{c}"' for c in order)
+            parts.append(f'w{i} AS (INSERT INTO "{table.name}" ({quoted}) SELECT {", ".join(values)} FROM {unnest})')
         else:
-            sets = ", ".join(f"{q} = v.{q}" for q in quoted[:-1])
-            parts.append(f'w{i} AS (UPDATE "{table.name}" SET {sets} FROM unnest({arrays}) AS v({", ".join(quoted)})'
-                         f' WHERE "{table.name}"."id" = v."id")')
-        converts.append(_plan(table, kind, cols, "postgresql")[1])
-    plan = _pg_plans[steps] = (f"WITH {', '.join(parts)} SELECT 1", converts)
-    return plan
+            sets = ", ".join(f'"{c}" = {v}' for c, v in zip(order[:-1], values, strict=False))
+            parts.append(f'w{i} AS (UPDATE "{table.name}" SET {sets} FROM {unnest} WHERE "{table.name}"."id" = '
+                         f'{values[-1]})')
+    sql = _pg_plans[key] = f"WITH {', '.join(parts)} SELECT 1"
+    _pg_variants[steps] = _pg_variants.get(steps, 0) + 1
+    return sql
+
+
+def _constant_columns(columns: list[list[Any]]) -> tuple[int, ...]:
+    """The positions of a step's columns that hold one value in every row. One row stays arrays (its shape is the
+    many-row shape's, with nothing to save), and one column always does: ``unnest`` gives the step its rows."""
+    if len(columns[0]) < 2:
+        return ()
+    fixed = tuple(j for j, col in enumerate(columns) if col.count(col[0]) == len(col))
+    return fixed[:-1] if len(fixed) == len(columns) else fixed
 
 
 def _runs(rows: Iterable[dict[str, Any]]) -> list[list[dict[str, Any]]]:
@@ -313,11 +341,15 @@ class UnitOfWork:
             if self.dialect == "sqlite":
                 self._flush_sqlite(conn, steps)
             elif steps:
-                sql, converts = _pg_plan(tuple((table, kind, cols) for table, kind, cols, _ in steps))
-                params: list[list[Any]] = []
-                for (_, _, _, rows), convert in zip(steps, converts, strict=True):
-                    params.extend(list(column) for column in zip(*[convert(r) for r in rows], strict=True))
-                conn.exec_driver_sql(sql, tuple(params))
+                shape = tuple((table, kind, cols) for table, kind, cols, _ in steps)
+                columns = [[list(c) for c in zip(*map(_plan(table, kind, cols, "postgresql")[1], rows), strict=True)]
+                           for table, kind, cols, rows in steps]
+                constant = tuple(_constant_columns(c) for c in columns)
+                if (shape, constant) not in _pg_plans and _pg_variants.get(shape, 0) >= _PG_VARIANTS:
+                    constant = tuple(() for _ in steps)
+                params = [col[0] if j in fixed else col
+                          for cols, fixed in zip(columns, constant, strict=True) for j, col in enumerate(cols)]
+                conn.exec_driver_sql(_pg_plan(shape, constant), tuple(params))
         finally:
             self.flushing = False
 

@@ -183,6 +183,93 @@ async def test_a_flush_is_one_statement_on_postgresql_and_writes_every_value_as_
         await engine.dispose()
 
 
+async def test_a_column_with_one_value_in_every_row_is_sent_once_and_every_row_gets_it(db_url: str) -> None:
+    """PostgreSQL sends a column whose rows all hold the same value as one parameter, not an array. Every row
+    still gets the value: in updates, in inserts whose rows are alike in every column (they stay separate rows),
+    and in inserts with ids; a value that differs in one row keeps its column an array."""
+    engine = make_engine(db_url)
+    sent = statements_sent(engine)
+    flushes: list[str] = []
+    try:
+        async with engine.begin() as conn:
+            ids = [await uow_insert(conn, customers, customer_row(f"C{i}"), want_id=True) for i in range(3)]
+            later = NOW + timedelta(minutes=1)
+            async with unit_of_work(conn) as uow:  # every column but the id is constant
+                for cid in ids:
+                    await update_row(conn, customers, cid, {"language": "en", "last_seen_at": later})
+                sent.clear()
+            flushes += sent
+            async with unit_of_work(conn) as uow:  # alike in every column, no id: three rows all the same
+                for _ in range(3):
+                    await add_touchpoint(conn, customer_id=ids[0], kind="note", now=NOW, channel="telegram",
+                                         actor="agent", payload={"same": True})
+                sent.clear()
+            flushes += sent
+            async with unit_of_work(conn) as uow:  # the customers differ, and one row's payload
+                for i, cid in enumerate(ids):
+                    await add_touchpoint(conn, customer_id=cid, kind="tagged", now=NOW, channel="telegram",
+                                         payload={"tag": "vip"} if i < 2 else {"tag": "new"})
+                sent.clear()
+            flushes += sent
+            assert not uow.pending
+            got = {r[0]: (r[1], r[2].replace(tzinfo=UTC)) for r in await conn.execute(
+                select(customers.c.id, customers.c.language, customers.c.last_seen_at))}
+            assert all(got[cid] == ("en", later) for cid in ids)
+            notes = (await conn.execute(select(touchpoints.c.customer_id, touchpoints.c.actor, touchpoints.c.payload,
+                                               touchpoints.c.created_at).where(touchpoints.c.kind == "note"))).all()
+            assert [(n[0], n[1], n[2], n[3].replace(tzinfo=UTC)) for n in notes] == \
+                [(ids[0], "agent", {"same": True}, NOW)] * 3
+            tagged = (await conn.execute(select(touchpoints.c.customer_id, touchpoints.c.payload)
+                                         .where(touchpoints.c.kind == "tagged").order_by(touchpoints.c.id))).all()
+            assert [tuple(t) for t in tagged] == [(ids[0], {"tag": "vip"}), (ids[1], {"tag": "vip"}),
+                                                  (ids[2], {"tag": "new"})]
+        if engine.dialect.name == "postgresql":
+            update, alike, differing = flushes
+            assert 'SET "language" = $1::VARCHAR(8), "last_seen_at" = $2::TIMESTAMP WITH TIME ZONE FROM ' \
+                   'unnest($3::BIGINT[]) AS v("id")' in update
+            assert alike.count("[]") == 1  # one column stays an array: it gives the insert its three rows
+            assert differing.count("[]") == 2 and '$1::BIGINT[]' in differing and '::JSON[]' in differing
+    finally:
+        await engine.dispose()
+
+
+async def test_a_flush_shape_has_a_bounded_number_of_statements(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Which columns are constant depends on the rows; past ``_PG_VARIANTS`` statements for one shape, its
+    flushes send arrays only (every pooled connection prepares each statement, and their caches are bounded).
+    The rows are written right either way."""
+    import storage.unit_of_work as uow_module
+
+    monkeypatch.setattr(uow_module, "_pg_plans", {})
+    monkeypatch.setattr(uow_module, "_pg_variants", {})
+    varying = ("conversation_id", "message_id", "kind", "actor")
+    engine = make_engine(db_url)
+    sent = statements_sent(engine)
+    flushes: list[str] = []
+    expected: list[tuple[Any, ...]] = []
+    try:
+        async with engine.begin() as conn:
+            for k in range(1, 13):  # twelve flushes of two rows, each with another set of differing columns
+                async with unit_of_work(conn):
+                    for r in range(2):
+                        row = {"conversation_id": 7, "message_id": 8, "kind": "note", "actor": "agent"}
+                        row.update({c: (f"{c}{r}" if c in {"kind", "actor"} else 100 * k + r)
+                                    for bit, c in enumerate(varying) if k & (1 << bit)})
+                        await add_touchpoint(conn, customer_id=k, now=NOW, channel="telegram", payload={"r": r},
+                                             **row)
+                        expected.append((k, row["conversation_id"], row["message_id"], row["kind"], row["actor"]))
+                    sent.clear()
+                flushes += sent
+            got = [tuple(r) for r in await conn.execute(
+                select(touchpoints.c.customer_id, touchpoints.c.conversation_id, touchpoints.c.message_id,
+                       touchpoints.c.kind, touchpoints.c.actor).order_by(touchpoints.c.id))]
+        assert got == expected
+        if engine.dialect.name == "postgresql":
+            assert len(flushes) == 12 and len(set(flushes)) == uow_module._PG_VARIANTS + 1
+            assert all(f.count("[]") == 8 for f in flushes[uow_module._PG_VARIANTS:])  # arrays only
+    finally:
+        await engine.dispose()
+
+
 async def test_rows_written_by_a_unit_of_work_read_back_exactly_as_sqlalchemy_writes_them(db_url: str) -> None:
     """Awkward values (quotes, backslashes, newlines, emoji, None in a JSON column — JSON null, not SQL NULL —
     non-string keys, naive and non-UTC timestamps, big integers, False) go through the unit of work's flush
