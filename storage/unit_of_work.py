@@ -193,6 +193,22 @@ def _pg_plan(steps: Steps, constant: tuple[tuple[int, ...], ...]) -> str:
     return sql
 
 
+_pg_converters: dict[tuple[Table, str], Any] = {}
+
+
+def _pg_columns(table: Table, kind: str, cols: tuple[str, ...], rows: list[dict[str, Any]]) -> list[list[Any]]:
+    """A step's rows as one list per column, in the order of ``_plan``'s row tuples, as the driver takes them."""
+    columns: list[list[Any]] = []
+    for c in cols if kind == "insert" else (*cols, "id"):
+        key = (table, c)
+        if key not in _pg_converters:
+            _pg_converters[key] = _converter(table, c, "postgresql")
+        convert = _pg_converters[key]
+        column = [r[c] for r in rows]
+        columns.append(column if convert is None else list(map(convert, column)))
+    return columns
+
+
 def _constant_columns(columns: list[list[Any]]) -> tuple[int, ...]:
     """The positions of a step's columns that hold one value in every row. One row stays arrays (its shape is the
     many-row shape's, with nothing to save), and one column always does: ``unnest`` gives the step its rows."""
@@ -342,8 +358,7 @@ class UnitOfWork:
                 self._flush_sqlite(conn, steps)
             elif steps:
                 shape = tuple((table, kind, cols) for table, kind, cols, _ in steps)
-                columns = [[list(c) for c in zip(*map(_plan(table, kind, cols, "postgresql")[1], rows), strict=True)]
-                           for table, kind, cols, rows in steps]
+                columns = [_pg_columns(table, kind, cols, rows) for table, kind, cols, rows in steps]
                 constant = tuple(_constant_columns(c) for c in columns)
                 if (shape, constant) not in _pg_plans and _pg_variants.get(shape, 0) >= _PG_VARIANTS:
                     constant = tuple(() for _ in steps)
