@@ -139,7 +139,7 @@ def _plan(table: Table, kind: str, columns: tuple[str, ...], dialect: str) -> tu
     return plan
 
 
-# A flush's shape: each step's table, kind and columns, and which of its columns hold one value in every row
+# A flush's shape: each step's table, kind (insert or update) and columns
 Steps = tuple[tuple[Table, str, tuple[str, ...]], ...]
 _pg_plans: dict[tuple[Steps, tuple[tuple[int, ...], ...]], str] = {}
 # Statements per flush shape with different constant columns, at most; then that shape's flushes send arrays
@@ -156,10 +156,11 @@ def _pg_plan(steps: Steps, constant: tuple[tuple[int, ...], ...]) -> str:
     """PostgreSQL: every insert and update of a flush as one statement (one round trip). Each step is a
     data-modifying ``WITH`` part fed by ``unnest`` of one array per column; a column whose rows all hold the same
     value (``constant[i]``: its positions in the step's row tuples) is one scalar parameter instead. The text
-    depends on the shapes only, never on the number of rows: one prepared statement per shape, and a batch has
-    few (a timestamp, a channel, the NULLs of a reply: the same columns are constant batch after batch, and they
-    are ~40 % of a flush's values, each of which costs the driver an encoding and the database a decoding).
-    Foreign keys are checked at the end of the statement, so the parts' order is free.
+    depends on the shape and on which columns are constant, never on the number of rows: one prepared statement
+    for each, and there are few, because the same columns are constant batch after batch (the batch's timestamp,
+    the channel, a reply's empty columns). They hold ~40 % of a flush's values; as arrays, each value cost the
+    driver an encoding and the database a decoding. Foreign keys are checked at the end of the statement, so the
+    parts' order is free.
     """
     key = (steps, constant)
     sql = _pg_plans.get(key)
