@@ -24,6 +24,7 @@ import weakref
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager, nullcontext
 from contextvars import ContextVar
+from functools import cache
 from typing import Any
 
 from sqlalchemy import (
@@ -55,7 +56,7 @@ WRITE_ONLY_KEY = "loket.write_only"
 _innermost: ContextVar[UnitOfWork | None] = ContextVar("loket_unit_of_work", default=None)
 _PG_ID_BLOCK = 256  # most ids one sequence round trip hands out
 
-_plans: dict[tuple[Table, tuple[str, ...], str, str], tuple[str, Any]] = {}
+_sqlite_plans: dict[tuple[Table, tuple[str, ...], str], tuple[str, Any]] = {}
 _table_order: dict[Table, int] = {}
 _pg_sequences: dict[str, str] = {}
 _PLAIN_TYPES = (Integer, String, Text, Boolean, Float)
@@ -95,6 +96,12 @@ def _sqlite_driver(conn: Connection) -> tuple[Any, Any] | None:
     return (shim._conn, shim._lock) if shim is not None else None
 
 
+def _row_order(kind: str, columns: tuple[str, ...]) -> tuple[str, ...]:
+    """The order of a step's values in a row: its columns, and for an update the id last (``WHERE id = ...``)."""
+    return columns if kind == "insert" else (*columns, "id")
+
+
+@cache
 def _converter(table: Table, column: str, dialect: str) -> Any:
     """How a Python value of this column goes to the driver, as SQLAlchemy would send it."""
     from storage.db import json_dumps
@@ -109,33 +116,30 @@ def _converter(table: Table, column: str, dialect: str) -> Any:
     raise TypeError(f"no driver conversion for {table.name}.{column} ({ctype!r})")
 
 
-def _plan(table: Table, kind: str, columns: tuple[str, ...], dialect: str) -> tuple[str, Any]:
-    """(driver SQL, row → parameter tuple) for an INSERT of ``columns`` or an UPDATE of them by id.
+def _sqlite_plan(table: Table, kind: str, columns: tuple[str, ...]) -> tuple[str, Any]:
+    """SQLite: (driver SQL, row → parameter tuple) for an INSERT of ``columns`` or an UPDATE of them by id.
 
     The unit of work sends its batches through the driver directly (``exec_driver_sql``): compiling
     parameters through SQLAlchemy's per-row bind processing cost more than the database's own work.
     """
-    key = (table, columns, kind, dialect)
-    plan = _plans.get(key)
+    key = (table, columns, kind)
+    plan = _sqlite_plans.get(key)
     if plan is not None:
         return plan
-    ph = (lambda i: "?") if dialect == "sqlite" else (lambda i: f"${i}")
     quoted = [f'"{c}"' for c in columns]
     if kind == "insert":
-        sql = f'INSERT INTO "{table.name}" ({", ".join(quoted)}) VALUES ({", ".join(ph(i + 1) for i in range(len(columns)))})'
-        order = columns
+        sql = f'INSERT INTO "{table.name}" ({", ".join(quoted)}) VALUES ({", ".join("?" for _ in columns)})'
     else:
-        sets = ", ".join(f"{q} = {ph(i + 1)}" for i, q in enumerate(quoted))
-        sql = f'UPDATE "{table.name}" SET {sets} WHERE "id" = {ph(len(columns) + 1)}'
-        order = (*columns, "id")
-    convs = [(c, _converter(table, c, dialect)) for c in order]
+        sql = f'UPDATE "{table.name}" SET {", ".join(f"{q} = ?" for q in quoted)} WHERE "id" = ?'
+    order = _row_order(kind, columns)
+    convs = [(c, _converter(table, c, "sqlite")) for c in order]
     if all(f is None for _, f in convs):
         def convert(row: dict[str, Any]) -> tuple[Any, ...]:
             return tuple([row[c] for c in order])
     else:
         def convert(row: dict[str, Any]) -> tuple[Any, ...]:
             return tuple([row[c] if f is None else f(row[c]) for c, f in convs])
-    plan = _plans[key] = (sql, convert)
+    plan = _sqlite_plans[key] = (sql, convert)
     return plan
 
 
@@ -155,7 +159,7 @@ def _pg_type(table: Table, column: str) -> str:
 def _pg_plan(steps: Steps, constant: tuple[tuple[int, ...], ...]) -> str:
     """PostgreSQL: every insert and update of a flush as one statement (one round trip). Each step is a
     data-modifying ``WITH`` part fed by ``unnest`` of one array per column; a column whose rows all hold the same
-    value (``constant[i]``: its positions in the step's row tuples) is one scalar parameter instead. The text
+    value (``constant[i]``: its positions in ``_row_order``) is one scalar parameter instead. The text
     depends on the shape and on which columns are constant, never on the number of rows: one prepared statement
     for each, and there are few, because the same columns are constant batch after batch (the batch's timestamp,
     the channel, a reply's empty columns). They hold ~40 % of a flush's values; as arrays, each value cost the
@@ -169,7 +173,7 @@ def _pg_plan(steps: Steps, constant: tuple[tuple[int, ...], ...]) -> str:
     parts: list[str] = []
     n = 0
     for i, ((table, kind, cols), fixed) in enumerate(zip(steps, constant, strict=True)):
-        order = cols if kind == "insert" else (*cols, "id")  # the order of ``_plan``'s row tuples
+        order = _row_order(kind, cols)
         values: list[str] = []  # each column's value in a row of the step: a scalar or the unnest's column
         arrays: list[str] = []
         names: list[str] = []
@@ -194,17 +198,11 @@ def _pg_plan(steps: Steps, constant: tuple[tuple[int, ...], ...]) -> str:
     return sql
 
 
-_pg_converters: dict[tuple[Table, str], Any] = {}
-
-
 def _pg_columns(table: Table, kind: str, cols: tuple[str, ...], rows: list[dict[str, Any]]) -> list[list[Any]]:
-    """A step's rows as one list per column, in the order of ``_plan``'s row tuples, as the driver takes them."""
+    """A step's rows as one list per column, in ``_row_order``, as the driver takes them."""
     columns: list[list[Any]] = []
-    for c in cols if kind == "insert" else (*cols, "id"):
-        key = (table, c)
-        if key not in _pg_converters:
-            _pg_converters[key] = _converter(table, c, "postgresql")
-        convert = _pg_converters[key]
+    for c in _row_order(kind, cols):
+        convert = _converter(table, c, "postgresql")
         column = [r[c] for r in rows]
         columns.append(column if convert is None else list(map(convert, column)))
     return columns
@@ -374,7 +372,7 @@ class UnitOfWork:
         """One ``executemany`` per step, straight into sqlite3 when Loket's driver is under it."""
         driver = _sqlite_driver(conn)
         for table, kind, cols, rows in steps:
-            sql, convert = _plan(table, kind, cols, "sqlite")
+            sql, convert = _sqlite_plan(table, kind, cols)
             params = [convert(r) for r in rows]
             if driver is None:
                 conn.exec_driver_sql(sql, params)
