@@ -33,8 +33,8 @@ log = logging.getLogger("loket.dispatcher")
 
 EXPIRY_CHECK_SECONDS = 5.0
 # How long the recorder waits for more send results before writing a small batch: at low load the results of
-# several sends share one statement instead of one statement each (half as many, and less database CPU per reply;
-# BENCHMARKS.md §1). Not while rows may be waiting behind a send in flight (``_maybe_waiting``): those are
+# several sends share one statement instead of one or two each (a third as many at 750 replies/s, and less server
+# and database CPU per reply; BENCHMARKS.md §1). Not while rows may be waiting behind a send in flight (``_maybe_waiting``): those are
 # claimable only once it is recorded.
 RECORD_WINDOW_SECONDS = 0.01
 RECORD_WINDOW_BELOW = 32  # results already queued: no need to wait for more
