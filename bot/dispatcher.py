@@ -34,8 +34,8 @@ log = logging.getLogger("loket.dispatcher")
 EXPIRY_CHECK_SECONDS = 5.0
 # How long the recorder waits for more send results before writing a small batch: at low load the results of
 # several sends share one statement instead of one or two each (a third as many at 750 replies/s, and less server
-# and database CPU per reply; BENCHMARKS.md §1). Not while rows may be waiting behind a send in flight (``_maybe_waiting``): those are
-# claimable only once it is recorded.
+# and database CPU per reply; BENCHMARKS.md §1). Not while rows may be waiting behind a send in flight
+# (``_maybe_waiting``): those are claimable only once it is recorded.
 RECORD_WINDOW_SECONDS = 0.01
 RECORD_WINDOW_BELOW = 32  # results already queued: no need to wait for more
 
@@ -120,7 +120,6 @@ class Dispatcher:
         max_in_flight: int = 256,
         poll_interval: float = 0.5,
         send_timeout: float = 30.0,
-        record_window: float = RECORD_WINDOW_SECONDS,
     ) -> None:
         self.engine = engine
         self.clock = clock
@@ -134,7 +133,6 @@ class Dispatcher:
         self.max_in_flight = max_in_flight
         self.poll_interval = poll_interval
         self.send_timeout = send_timeout
-        self.record_window = record_window
         self.worker_id = f"{os.uname().nodename}:{os.getpid()}:{id(self):x}"
         self.wakeup = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -316,9 +314,8 @@ class Dispatcher:
                 done = True
             else:
                 batch.append(first)
-                if self.record_window > 0 and not self._maybe_waiting \
-                        and self._results.qsize() < RECORD_WINDOW_BELOW:
-                    await asyncio.sleep(self.record_window)
+                if not self._maybe_waiting and self._results.qsize() < RECORD_WINDOW_BELOW:
+                    await asyncio.sleep(RECORD_WINDOW_SECONDS)
             while not self._results.empty() and len(batch) < 256:
                 item = self._results.get_nowait()
                 if item is None:

@@ -152,13 +152,13 @@ async def test_send_results_that_arrive_together_are_recorded_together(loket: Lo
     loket.rt.channels.add(chan)
     clients = [WebChatClient(loket.base_url) for _ in range(8)]
     for c in clients:
-        await c.__aenter__()
+        await c.connect()
     try:
         await asyncio.gather(*(c.send_text("halo") for c in clients))
         rows = await wait_for(lambda: _all_sent(loket), timeout=15, what="every reply recorded as sent")
     finally:
         for c in clients:
-            await c.__aexit__(None, None, None)
+            await c.close()
     assert len(rows) == len(chan.calls) >= 8
     writes = len({r["sent_at"] for r in rows})
     # one write per result: one stamp per row (with the window switched off: 6-8 stamps for 8 rows, measured)
