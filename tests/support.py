@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -64,6 +65,28 @@ class LoketServer:
     async def outbound_texts(self) -> list[str]:
         rows = await self.fetch(select(messages.c.body).where(messages.c.direction == "out").order_by(messages.c.id))
         return [r["body"] for r in rows]
+
+
+async def scrape(loket: LoketServer) -> str:
+    """The server's ``/metrics`` page (Prometheus text)."""
+    async with aiohttp.ClientSession() as s, s.get(f"{loket.base_url}/metrics") as r:
+        assert r.status == 200
+        assert r.headers["Content-Type"].startswith("text/plain")
+        return await r.text()
+
+
+def sample(text: str, name: str, **labels: str) -> float | None:
+    """The value of the first sample of ``name`` whose labels include ``labels``, from a ``/metrics`` page."""
+    for line in text.splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        m = re.match(r"([a-z_]+)(\{([^}]*)\})? ([0-9.e+-]+)", line)
+        if not m or m.group(1) != name:
+            continue
+        got = dict(re.findall(r'(\w+)="([^"]*)"', m.group(3) or ""))
+        if all(got.get(k) == v for k, v in labels.items()):
+            return float(m.group(4))
+    return None
 
 
 LOCAL_PG = "postgresql://postgres@127.0.0.1:5432/test"

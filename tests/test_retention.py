@@ -7,7 +7,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import asyncpg
 import pytest
 from sqlalchemy import func, insert, select
@@ -24,7 +23,7 @@ from bot.retention import RetentionPolicy, prune, rules
 from storage.db import make_engine
 from storage.models import agents, inbox_items, messages, outbox_items, touchpoints
 from storage.schema import upgrade
-from tests.support import LoketServer, WebChatClient, asyncpg_dsn, cli_env, wait_for
+from tests.support import LoketServer, WebChatClient, asyncpg_dsn, cli_env, scrape, wait_for
 
 DAY = timedelta(days=1)
 
@@ -166,8 +165,7 @@ async def test_the_background_pass_prunes_and_counts_on_metrics(settings_factory
         keeper = loket.rt.services["housekeeping"]
         passes = keeper.passes
         await wait_for(lambda: asyncio.sleep(0, keeper.passes > passes), what="the pass to finish")
-        async with aiohttp.ClientSession() as http, http.get(loket.base_url + "/metrics") as resp:
-            text = await resp.text()
+        text = await scrape(loket)
         assert 'loket_rows_pruned_total{table="inbox_items"} 2.0' in text
         assert 'loket_rows_pruned_total{table="outbox_items"} 2.0' in text
         assert await _count(engine, messages) == 4  # two in, two replies: still on the record

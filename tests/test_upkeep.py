@@ -15,7 +15,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import asyncpg
 import pytest
 from sqlalchemy import insert, select
@@ -32,6 +31,8 @@ from tests.support import (
     WebChatClient,
     asyncpg_dsn,
     cli_env,
+    sample,
+    scrape,
     wait_for,
 )
 
@@ -217,19 +218,17 @@ async def test_the_background_pass_analyses_what_the_traffic_wrote(pg_url: str, 
                 await chat.say(f"pertanyaan nomor {i}")
 
         async def metrics() -> str | None:
-            async with aiohttp.ClientSession() as http, http.get(loket.base_url + "/metrics") as resp:
-                text = await resp.text()
+            text = await scrape(loket)
             # once or more: a pass that came round while only part of the traffic was counted analyses again later
-            done = re.search(r'^loket_db_upkeep_total\{action="[a-z +]+",table="messages"\} ([0-9.]+)$', text, re.M)
-            return text if done and float(done.group(1)) >= 1 else None
+            done = sample(text, "loket_db_upkeep_total", table="messages")
+            return text if done is not None and done >= 1 else None
 
         # a busy server connection reports its counts to PostgreSQL's statistics at most once a second, and up to
         # 10 s late once it goes idle
         try:
             text = await wait_for(metrics, timeout=30, what="the background pass to analyse messages")
         except AssertionError as exc:  # say what the pass saw, for the next time this fails
-            async with aiohttp.ClientSession() as http, http.get(loket.base_url + "/metrics") as resp:
-                upkept = [line for line in (await resp.text()).splitlines() if line.startswith("loket_db_upkeep")]
+            upkept = [line for line in (await scrape(loket)).splitlines() if line.startswith("loket_db_upkeep")]
             raise AssertionError(f"{exc}; messages: {await _stats_of(pg_url, 'messages')}; passes: "
                                  f"{loket.rt.services['housekeeping'].upkeep_passes}; {upkept}") from None
         assert re.search(r'loket_db_upkeep_total\{action="[a-z +]+",table="touchpoints"\}', text)

@@ -5,34 +5,13 @@ from __future__ import annotations
 import io
 import json
 import logging
-import re
 from datetime import timedelta
 
 import aiohttp
 
 from bot.logs import JsonFormatter
 from tests.production.helpers import seed_conversation
-from tests.support import LoketServer, WebChatClient, wait_for
-
-
-def sample(text: str, name: str, **labels: str) -> float | None:
-    for line in text.splitlines():
-        if line.startswith("#") or not line.startswith(name):
-            continue
-        m = re.match(r"([a-z_]+)(\{([^}]*)\})? ([0-9.e+-]+)", line)
-        if not m or m.group(1) != name:
-            continue
-        got = dict(re.findall(r'(\w+)="([^"]*)"', m.group(3) or ""))
-        if all(got.get(k) == v for k, v in labels.items()):
-            return float(m.group(4))
-    return None
-
-
-async def scrape(loket: LoketServer) -> str:
-    async with aiohttp.ClientSession() as s, s.get(f"{loket.base_url}/metrics") as r:
-        assert r.status == 200
-        assert r.headers["Content-Type"].startswith("text/plain")
-        return await r.text()
+from tests.support import LoketServer, WebChatClient, sample, scrape, wait_for
 
 
 async def test_metrics_count_messages_latency_and_queue(loket: LoketServer) -> None:
