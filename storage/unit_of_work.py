@@ -56,7 +56,6 @@ WRITE_ONLY_KEY = "loket.write_only"
 _innermost: ContextVar[UnitOfWork | None] = ContextVar("loket_unit_of_work", default=None)
 _PG_ID_BLOCK = 256  # most ids one sequence round trip hands out
 
-_sqlite_plans: dict[tuple[Table, tuple[str, ...], str], tuple[str, Any]] = {}
 _table_order: dict[Table, int] = {}
 _pg_sequences: dict[str, str] = {}
 _PLAIN_TYPES = (Integer, String, Text, Boolean, Float)
@@ -116,16 +115,13 @@ def _converter(table: Table, column: str, dialect: str) -> Any:
     raise TypeError(f"no driver conversion for {table.name}.{column} ({ctype!r})")
 
 
+@cache
 def _sqlite_plan(table: Table, kind: str, columns: tuple[str, ...]) -> tuple[str, Any]:
     """SQLite: (driver SQL, row → parameter tuple) for an INSERT of ``columns`` or an UPDATE of them by id.
 
     The unit of work sends its batches through the driver directly (``exec_driver_sql``): compiling
     parameters through SQLAlchemy's per-row bind processing cost more than the database's own work.
     """
-    key = (table, columns, kind)
-    plan = _sqlite_plans.get(key)
-    if plan is not None:
-        return plan
     quoted = [f'"{c}"' for c in columns]
     if kind == "insert":
         sql = f'INSERT INTO "{table.name}" ({", ".join(quoted)}) VALUES ({", ".join("?" for _ in columns)})'
@@ -139,8 +135,7 @@ def _sqlite_plan(table: Table, kind: str, columns: tuple[str, ...]) -> tuple[str
     else:
         def convert(row: dict[str, Any]) -> tuple[Any, ...]:
             return tuple([row[c] if f is None else f(row[c]) for c, f in convs])
-    plan = _sqlite_plans[key] = (sql, convert)
-    return plan
+    return sql, convert
 
 
 # A flush's shape: each step's table, kind (insert or update) and columns
